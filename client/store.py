@@ -1,0 +1,614 @@
+"""The device store: one SQLite file (WAL) per device.
+
+Tables:
+    ``events``      every accepted event, unique by ``event_id`` (inserts are idempotent);
+    ``embeddings``  the embedding cache, keyed by ``(model_id, text_hash)``;
+    ``ledger``      the privacy ledger: one row per mechanism run on this device;
+    ``state``       small client state that must survive rounds (hierarchy version, adapter...);
+    ``meta``        schema version and device metadata.
+
+Ingestion is streamed in transactional batches: a crash loses at most the batch in flight,
+and re-running the same input stores nothing twice (the primary key is the event id, which
+is derived from the content when the source has none).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from common.errors import InvalidEventError, StoreError
+from common.events import (
+    FLUSH,
+    MIN_OUTLIER_SAMPLE,
+    CleaningConfig,
+    Event,
+    EventFlag,
+    EventType,
+    IngestReport,
+    RawItem,
+    Rejection,
+    bot_like,
+    outlier_cutoff,
+    parse_event,
+    text_hash,
+)
+from common.features import UserAggregates, user_aggregates
+
+__all__ = ["SCHEMA_VERSION", "EmbeddingCache", "EventStore"]
+
+SCHEMA_VERSION: Final[int] = 1
+
+_EMBEDDINGS_DDL = """
+CREATE TABLE IF NOT EXISTS embeddings (
+    model_id  TEXT NOT NULL,
+    text_hash TEXT NOT NULL,
+    dim       INTEGER NOT NULL,
+    vector    BLOB NOT NULL,
+    PRIMARY KEY (model_id, text_hash)
+) WITHOUT ROWID;
+"""
+
+_DDL = (
+    """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id    TEXT NOT NULL UNIQUE,
+    user_id     TEXT NOT NULL,
+    ts          REAL NOT NULL,
+    event_type  TEXT NOT NULL,
+    item_id     TEXT,
+    text        TEXT NOT NULL,
+    text_hash   TEXT NOT NULL,
+    category    TEXT,
+    dwell       REAL,
+    value       REAL,
+    flags       INTEGER NOT NULL DEFAULT 0,
+    ingested_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_user_ts ON events (user_id, ts);
+CREATE INDEX IF NOT EXISTS events_text_hash ON events (text_hash);
+CREATE TABLE IF NOT EXISTS ledger (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    server_round INTEGER,
+    mechanism    TEXT NOT NULL,
+    params       TEXT NOT NULL,
+    created_at   REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value BLOB NOT NULL, updated_at REAL NOT NULL);
+"""
+    + _EMBEDDINGS_DDL
+)
+
+_INSERT = (
+    "INSERT OR IGNORE INTO events (event_id, user_id, ts, event_type, item_id, text, text_hash, "
+    "category, dwell, value, flags, ingested_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+_COLUMNS = "event_id, user_id, ts, event_type, item_id, text, category, dwell, value, flags"
+_QUALITY_FLAGS = int(EventFlag.DWELL_OUTLIER | EventFlag.VALUE_OUTLIER | EventFlag.BOT_USER)
+_SQL_CHUNK = 500
+
+
+def _connect(path: Path, timeout: float) -> sqlite3.Connection:
+    try:
+        conn = sqlite3.connect(str(path), timeout=timeout, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        # FULL: a committed batch or ledger entry survives a power cut, not only a process kill.
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+        conn.execute("PRAGMA foreign_keys=ON")
+    except sqlite3.Error as err:
+        raise StoreError(f"cannot open store {str(path)!r}: {err}.") from err
+    return conn
+
+
+class EmbeddingCache:
+    """Embedding cache keyed by ``(model_id, text_hash)``, float32 vectors.
+
+    Lives inside a device store, or alone in its own SQLite file (:meth:`open`), e.g. one
+    cache shared by all virtual clients of a simulation so each distinct text is encoded once.
+    """
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    @classmethod
+    def open(cls, path: str | Path, *, timeout: float = 30.0) -> EmbeddingCache:
+        """Opens (creating if needed) a standalone cache file."""
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        conn = _connect(p, timeout)
+        conn.executescript(_EMBEDDINGS_DDL)
+        return cls(conn)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def get(self, model_id: str, hashes: Sequence[str]) -> dict[str, npt.NDArray[np.float32]]:
+        """Cached vectors for the given text hashes (missing ones are absent)."""
+        out: dict[str, npt.NDArray[np.float32]] = {}
+        unique = list(dict.fromkeys(hashes))
+        for i in range(0, len(unique), _SQL_CHUNK):
+            chunk = unique[i : i + _SQL_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            rows = self._conn.execute(
+                f"SELECT text_hash, dim, vector FROM embeddings WHERE model_id = ? AND text_hash IN ({marks})",
+                (model_id, *chunk),
+            )
+            for h, dim, blob in rows:
+                vec = np.frombuffer(blob, dtype=np.float32)
+                if vec.size != dim:
+                    raise StoreError(
+                        f"embedding cache entry {h!r} has {vec.size} values, expected {dim}."
+                    )
+                out[h] = vec
+        return out
+
+    def put(self, model_id: str, hashes: Sequence[str], vectors: npt.NDArray[np.float32]) -> None:
+        """Stores ``vectors`` (shape ``(len(hashes), dim)``) in one transaction."""
+        v = np.ascontiguousarray(vectors, dtype=np.float32)
+        if v.ndim != 2 or v.shape[0] != len(hashes):
+            raise StoreError(
+                f"`vectors` must have shape ({len(hashes)}, dim). Found {tuple(v.shape)}."
+            )
+        if not np.isfinite(v).all():
+            raise StoreError("`vectors` must be finite; refusing to cache NaN/Inf embeddings.")
+        dim = int(v.shape[1])
+        with _Transaction(self._conn):
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO embeddings (model_id, text_hash, dim, vector) VALUES (?,?,?,?)",
+                ((model_id, h, dim, row.tobytes()) for h, row in zip(hashes, v, strict=True)),
+            )
+
+    def count(self, model_id: str | None = None) -> int:
+        if model_id is None:
+            return int(self._conn.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0])
+        return int(
+            self._conn.execute(
+                "SELECT COUNT(*) FROM embeddings WHERE model_id = ?", (model_id,)
+            ).fetchone()[0]
+        )
+
+
+class _Transaction:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any exception."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self._conn.execute("BEGIN IMMEDIATE")
+        return self._conn
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self._conn.execute("COMMIT")
+        else:
+            self._conn.execute("ROLLBACK")
+
+
+def _event_record(e: Event) -> dict[str, Any]:
+    """The raw fields of an in-memory Event, for re-validation on ingest."""
+    return {
+        "event_id": e.event_id,
+        "user_id": e.user_id,
+        "timestamp": e.timestamp,
+        "event_type": e.event_type.value,
+        "item_id": e.item_id,
+        "text": e.text,
+        "category": e.category,
+        "dwell_seconds": e.dwell_seconds,
+        "value": e.value,
+    }
+
+
+def _row_to_event(row: Sequence[Any]) -> Event:
+    event_id, user_id, ts, etype, item_id, text, category, dwell, value, flags = row
+    return Event(
+        event_id=event_id,
+        user_id=user_id,
+        timestamp=float(ts),
+        event_type=EventType(etype),
+        item_id=item_id,
+        text=text,
+        category=category,
+        dwell_seconds=dwell,
+        value=value,
+        flags=int(flags),
+    )
+
+
+class EventStore:
+    """One device's SQLite store.
+
+    Args:
+        path: the database file (created with its parent directory if missing).
+        create: when False, a missing file is an error instead of being created.
+        timeout: seconds to wait for a lock held by another process (e.g. a running node
+            while ``fedinterest ingest`` writes).
+    """
+
+    def __init__(self, path: str | Path, *, create: bool = True, timeout: float = 30.0) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            if not create:
+                raise StoreError(f"store {str(self.path)!r} does not exist.")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = _connect(self.path, timeout)
+        self._init_schema()
+        self.embeddings = EmbeddingCache(self._conn)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def _init_schema(self) -> None:
+        try:
+            self._conn.executescript(_DDL)
+        except sqlite3.DatabaseError as err:
+            raise StoreError(f"{str(self.path)!r} is not a fedinterest store: {err}.") from err
+        row = self._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is None:
+            with _Transaction(self._conn):
+                self._conn.execute(
+                    "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+                self._conn.execute(
+                    "INSERT OR IGNORE INTO meta VALUES ('store_id', ?)", (uuid.uuid4().hex,)
+                )
+        elif int(row[0]) > SCHEMA_VERSION:
+            raise StoreError(
+                f"store {str(self.path)!r} has schema version {row[0]}; this fedinterest reads "
+                f"up to {SCHEMA_VERSION}. Upgrade fedinterest."
+            )
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> EventStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The underlying connection (for modules that keep their own tables, e.g. the ledger)."""
+        return self._conn
+
+    def transaction(self) -> _Transaction:
+        """A write transaction (``BEGIN IMMEDIATE``) on the store, rolled back on error."""
+        return _Transaction(self._conn)
+
+    # -- ingestion ----------------------------------------------------------------------------
+
+    def ingest(
+        self,
+        items: Iterable[RawItem | object],
+        *,
+        batch_size: int = 1000,
+        config: CleaningConfig | None = None,
+        now: float | None = None,
+        flag_quality: bool = True,
+        on_batch: Callable[[IngestReport], None] | None = None,
+    ) -> IngestReport:
+        """Validates and stores events, committing every ``batch_size`` valid events and at
+        every :data:`~common.events.FLUSH` the source yields.
+
+        Args:
+            items: ``(line, record)`` pairs from a reader in :mod:`common.events` (or
+                :func:`~common.events.iter_records`); a record is a mapping, an :class:`Event`, or an
+                :class:`InvalidEventError` the reader produced for a malformed line.
+            batch_size: valid events per transaction.
+            config: cleaning limits.
+            now: reference time for the future-timestamp check (defaults to the clock).
+            flag_quality: after the last batch, refresh the outlier and bot flags.
+            on_batch: called with the running report after each commit.
+
+        Returns:
+            The :class:`IngestReport`: accepted, duplicates, rejected with line and reason.
+        """
+        if batch_size < 1:
+            raise StoreError(f"`batch_size` must be >= 1. Found {batch_size!r}.")
+        report = IngestReport()
+        batch: list[Event] = []
+        for item in items:
+            if item is FLUSH:
+                if batch:
+                    self._commit(batch, report)
+                    batch = []
+                    if on_batch is not None:
+                        on_batch(report)
+                continue
+            line, record = item  # type: ignore[misc]
+            report.read += 1
+            if isinstance(record, InvalidEventError):
+                report.reject(_rejection(record, line))
+                continue
+            try:
+                raw = _event_record(record) if isinstance(record, Event) else record
+                event = parse_event(raw, config=config, now=now, fixes=report.fixes)
+            except InvalidEventError as err:
+                report.reject(_rejection(err, line))
+                continue
+            batch.append(event)
+            if len(batch) >= batch_size:
+                self._commit(batch, report)
+                batch = []
+                if on_batch is not None:
+                    on_batch(report)
+        if batch:
+            self._commit(batch, report)
+            if on_batch is not None:
+                on_batch(report)
+        if flag_quality and report.accepted:
+            for name, n in self.refresh_quality_flags().items():
+                report.fixes[name] = n
+        return report
+
+    def _commit(self, batch: list[Event], report: IngestReport) -> None:
+        now = time.time()
+        rows = [
+            (
+                e.event_id,
+                e.user_id,
+                e.timestamp,
+                e.event_type.value,
+                e.item_id,
+                e.text,
+                text_hash(e.text),
+                e.category,
+                e.dwell_seconds,
+                e.value,
+                e.flags,
+                now,
+            )
+            for e in batch
+        ]
+        with _Transaction(self._conn) as conn:
+            before = conn.total_changes
+            conn.executemany(_INSERT, rows)
+            inserted = conn.total_changes - before
+        report.accepted += inserted
+        report.duplicates += len(batch) - inserted
+
+    def refresh_quality_flags(self) -> dict[str, int]:
+        """Recomputes the outlier and bot flags over the whole store, in SQL (memory stays
+        bounded whatever the store's size).
+
+        Dwell and value outliers use the modified z-score (median/MAD,
+        :func:`~common.events.outlier_cutoff`) within each event type (a price and a rating
+        are not comparable); a user is bot-like by :func:`~common.events.bot_like`. Flags mark
+        events; nothing is dropped.
+
+        Returns:
+            counts: ``flagged_dwell_outlier``, ``flagged_value_outlier``, ``flagged_bot_events``.
+        """
+        counts = {"flagged_dwell_outlier": 0, "flagged_value_outlier": 0, "flagged_bot_events": 0}
+        conn = self._conn
+        bots = [
+            u
+            for (u,) in conn.execute("SELECT DISTINCT user_id FROM events").fetchall()
+            if bot_like(
+                np.fromiter(
+                    (t for (t,) in conn.execute("SELECT ts FROM events WHERE user_id = ?", (u,))),
+                    dtype=np.float64,
+                )
+            )
+        ]
+        types = [t for (t,) in conn.execute("SELECT DISTINCT event_type FROM events").fetchall()]
+        with _Transaction(conn):
+            conn.execute(f"UPDATE events SET flags = flags & ~{_QUALITY_FLAGS}")
+            for column, flag, key in (
+                ("dwell", EventFlag.DWELL_OUTLIER, "flagged_dwell_outlier"),
+                ("value", EventFlag.VALUE_OUTLIER, "flagged_value_outlier"),
+            ):
+                for etype in types:
+                    bounds = self._robust_bounds(etype, column)
+                    if bounds is None:
+                        continue
+                    med, cutoff = bounds
+                    cur = conn.execute(
+                        f"UPDATE events SET flags = flags | ? WHERE event_type = ? AND {column} IS NOT NULL "
+                        f"AND abs({column} - ?) > ?",
+                        (int(flag), etype, med, cutoff),
+                    )
+                    counts[key] += cur.rowcount
+            for u in bots:
+                cur = conn.execute(
+                    "UPDATE events SET flags = flags | ? WHERE user_id = ?",
+                    (int(EventFlag.BOT_USER), u),
+                )
+                counts["flagged_bot_events"] += cur.rowcount
+        return counts
+
+    def _median(
+        self, expr: str, etype: str, column: str, params: tuple[object, ...], n: int
+    ) -> float:
+        sql = (
+            f"SELECT {expr} AS x FROM events WHERE event_type = ? AND {column} IS NOT NULL "
+            "ORDER BY x LIMIT ? OFFSET ?"
+        )
+        rows = self._conn.execute(sql, (*params, etype, 2 - n % 2, (n - 1) // 2)).fetchall()
+        return float(sum(r[0] for r in rows) / len(rows))
+
+    def _robust_bounds(self, etype: str, column: str) -> tuple[float, float] | None:
+        """(median, cutoff on |x - median|) of ``column`` within one event type, or None."""
+        n = int(
+            self._conn.execute(
+                f"SELECT COUNT(*) FROM events WHERE event_type = ? AND {column} IS NOT NULL",
+                (etype,),
+            ).fetchone()[0]
+        )
+        if n < MIN_OUTLIER_SAMPLE:
+            return None
+        med = self._median(column, etype, column, (), n)
+        mad = self._median(f"abs({column} - ?)", etype, column, (med,), n)
+        mean_ad = float(
+            self._conn.execute(
+                f"SELECT AVG(abs({column} - ?)) FROM events WHERE event_type = ? AND {column} IS NOT NULL",
+                (med, etype),
+            ).fetchone()[0]
+        )
+        cutoff = outlier_cutoff(mad, mean_ad)
+        return None if cutoff is None else (med, cutoff)
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def count(self, *, user_id: str | None = None) -> int:
+        """Number of stored events (of one user, if given)."""
+        if user_id is None:
+            return int(self._conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+        return int(
+            self._conn.execute(
+                "SELECT COUNT(*) FROM events WHERE user_id = ?", (user_id,)
+            ).fetchone()[0]
+        )
+
+    def users(self) -> list[str]:
+        """The distinct user ids in the store, sorted."""
+        return [
+            u for (u,) in self._conn.execute("SELECT DISTINCT user_id FROM events ORDER BY user_id")
+        ]
+
+    def iter_events(
+        self,
+        *,
+        user_id: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        exclude_flags: int = 0,
+        chunk: int = 1000,
+    ) -> Iterator[Event]:
+        """Events ordered by (timestamp, insertion), streamed ``chunk`` rows at a time.
+
+        Args:
+            user_id: only this user's events.
+            since / until: unix-seconds bounds, ``since <= ts < until``.
+            exclude_flags: skip events having any of these :class:`EventFlag` bits.
+        """
+        where: list[str] = []
+        params: list[object] = []
+        if user_id is not None:
+            where.append("user_id = ?")
+            params.append(user_id)
+        if since is not None:
+            where.append("ts >= ?")
+            params.append(since)
+        if until is not None:
+            where.append("ts < ?")
+            params.append(until)
+        if exclude_flags:
+            where.append("(flags & ?) = 0")
+            params.append(int(exclude_flags))
+        sql = f"SELECT {_COLUMNS} FROM events"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY ts, seq"
+        cur = self._conn.execute(sql, params)
+        try:
+            while True:
+                rows = cur.fetchmany(chunk)
+                if not rows:
+                    return
+                for row in rows:
+                    yield _row_to_event(row)
+        finally:
+            cur.close()
+
+    def events(self, **kwargs: Any) -> list[Event]:
+        """:meth:`iter_events` as a list."""
+        return list(self.iter_events(**kwargs))
+
+    def user_aggregates(self) -> list[UserAggregates]:
+        """Per-user behaviour aggregates (events per day, type mix, click-through)."""
+        out = []
+        for u in self.users():
+            rows = self._conn.execute(
+                "SELECT event_type, ts FROM events WHERE user_id = ?", (u,)
+            ).fetchall()
+            out.append(user_aggregates(u, [r[0] for r in rows], [r[1] for r in rows]))
+        return out
+
+    def texts_without_embedding(self, model_id: str) -> list[tuple[str, str]]:
+        """Distinct ``(text_hash, text)`` of stored events whose embedding is not cached."""
+        rows = self._conn.execute(
+            "SELECT DISTINCT e.text_hash, e.text FROM events e LEFT JOIN embeddings m "
+            "ON m.model_id = ? AND m.text_hash = e.text_hash WHERE m.text_hash IS NULL",
+            (model_id,),
+        ).fetchall()
+        seen: set[str] = set()
+        out = []
+        for h, t in rows:
+            if h not in seen:
+                seen.add(h)
+                out.append((h, t))
+        return out
+
+    # -- small persistent state -------------------------------------------------------------
+
+    def get_state(self, key: str) -> bytes | None:
+        row = self._conn.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def set_state(self, key: str, value: bytes) -> None:
+        with _Transaction(self._conn) as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO state (key, value, updated_at) VALUES (?,?,?)",
+                (key, value, time.time()),
+            )
+
+    def get_json_state(self, key: str) -> Any:
+        raw = self.get_state(key)
+        return None if raw is None else json.loads(raw.decode("utf-8"))
+
+    def set_json_state(self, key: str, value: Any) -> None:
+        self.set_state(key, json.dumps(value, sort_keys=True).encode("utf-8"))
+
+    def meta(self, key: str) -> str | None:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def info(self) -> dict[str, Any]:
+        """Counts for humans and scripts: events, users, cached embeddings, ledger entries."""
+        ledger = int(self._conn.execute("SELECT COUNT(*) FROM ledger").fetchone()[0])
+        span = self._conn.execute("SELECT MIN(ts), MAX(ts) FROM events").fetchone()
+        by_type = dict(
+            self._conn.execute(
+                "SELECT event_type, COUNT(*) FROM events GROUP BY event_type ORDER BY event_type"
+            ).fetchall()
+        )
+        flagged = int(
+            self._conn.execute(
+                f"SELECT COUNT(*) FROM events WHERE (flags & {_QUALITY_FLAGS}) != 0"
+            ).fetchone()[0]
+        )
+        return {
+            "path": str(self.path),
+            "schema_version": SCHEMA_VERSION,
+            "events": self.count(),
+            "users": len(self.users()),
+            "events_by_type": by_type,
+            "flagged_events": flagged,
+            "first_timestamp": span[0],
+            "last_timestamp": span[1],
+            "cached_embeddings": self.embeddings.count(),
+            "ledger_entries": ledger,
+        }
+
+
+def _rejection(err: InvalidEventError, line: int | None) -> Rejection:
+    return Rejection(
+        line=line if line is not None else err.line,
+        reason=err.reason,
+        field=err.field,
+        message=err.detail,
+    )

@@ -1,0 +1,464 @@
+"""The ``fedinterest`` command line.
+
+Each subcommand imports what it needs when it runs, so a device that only ingests never
+imports torch. Exit codes: 0 success, 1 failure (one line on stderr: ``fedinterest: error:
+...``), 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from common.errors import FedInterestError
+
+__all__ = ["main"]
+
+_MAX_PRINTED_REJECTIONS = 20
+
+
+class CliError(FedInterestError):
+    """A failure to report on one line and exit 1."""
+
+
+def _progress(total: int | None, desc: str, args: argparse.Namespace, unit: str = "it") -> Any:
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        unit_scale=True,
+        disable=True if getattr(args, "quiet", False) or getattr(args, "json", False) else None,
+        file=sys.stderr,
+        leave=False,
+        dynamic_ncols=True,
+    )
+
+
+def _emit(args: argparse.Namespace, payload: dict[str, Any], human: Callable[[], None]) -> None:
+    if getattr(args, "json", False):
+        json.dump(payload, sys.stdout, indent=2, sort_keys=True, default=str)
+        sys.stdout.write("\n")
+    elif not getattr(args, "quiet", False):
+        human()
+
+
+# --------------------------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------------------------
+
+
+def _cmd_data_synth(args: argparse.Namespace) -> int:
+    from simulations.datasets.synthetic import SyntheticConfig, generate, write_jsonl
+
+    t0 = time.perf_counter()
+    cfg = SyntheticConfig(
+        users=args.users,
+        seed=args.seed,
+        events_per_user=args.events_per_user,
+        drift_share=args.drift_share,
+    )
+    ds = generate(cfg)
+    n = write_jsonl(ds.events, args.out)
+    if args.truth:
+        Path(args.truth).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.truth).write_text(
+            json.dumps(ds.truth(), indent=1, sort_keys=True) + "\n", encoding="utf-8"
+        )
+    payload = {
+        "out": str(args.out),
+        "events": n,
+        "users": cfg.users,
+        "seed": cfg.seed,
+        "drifting_users": sum(u.drift_at is not None for u in ds.users),
+        "leaves": len(ds.leaves),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    _emit(
+        args,
+        payload,
+        lambda: print(
+            f"wrote {n} events of {cfg.users} users (seed {cfg.seed}, "
+            f"{payload['drifting_users']} drifting) to {args.out}"
+        ),
+    )
+    return 0
+
+
+def _cmd_data_movielens(args: argparse.Namespace) -> int:
+    from simulations.datasets.loaders import load_movielens
+    from simulations.datasets.synthetic import write_jsonl
+
+    events, report = load_movielens(args.dir)
+    n = write_jsonl(events, args.out)
+    payload = {
+        "out": str(args.out),
+        "events": n,
+        "users": len({e.user_id for e in events}),
+        **report.to_dict(),
+    }
+    _emit(
+        args,
+        payload,
+        lambda: print(f"wrote {n} MovieLens events of {payload['users']} users to {args.out}"),
+    )
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# ingest
+# --------------------------------------------------------------------------------------------
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from client.store import EventStore
+    from common.events import IngestReport, read_csv, read_jsonl, read_sql, read_stream
+
+    if not args.files and not args.sqlite:
+        raise CliError(
+            "nothing to ingest: give FILE (or - for standard input), or --sqlite DB --query SQL."
+        )
+    if args.sqlite and not args.query:
+        raise CliError("--sqlite needs --query (a SELECT whose column names are the event fields).")
+    reports: list[tuple[str, IngestReport]] = []
+    with EventStore(args.store) as store:
+        for name in args.files:
+            if name == "-":
+                rep = store.ingest(read_stream(sys.stdin.fileno()), batch_size=args.batch_size)
+                reports.append(("<stdin>", rep))
+                continue
+            path = Path(name)
+            if not path.is_file():
+                raise CliError(f"input file {name!r} does not exist.")
+            fmt = args.format or _format_from_suffix(path)
+            with (
+                open(path, "rb") as f,
+                _progress(path.stat().st_size, f"ingest {path.name}", args, "B") as bar,
+            ):
+                source = {
+                    "jsonl": lambda f=f: read_jsonl(f),
+                    "csv": lambda f=f: read_csv(f),
+                    "tsv": lambda f=f: read_csv(f, delimiter="\t"),
+                }[fmt]()
+
+                def tick(_: IngestReport, f: Any = f, bar: Any = bar) -> None:
+                    bar.n = f.tell()
+                    bar.refresh()
+
+                rep = store.ingest(source, batch_size=args.batch_size, on_batch=tick)
+            reports.append((name, rep))
+        if args.sqlite:
+            import sqlite3
+
+            if not Path(args.sqlite).is_file():
+                raise CliError(f"--sqlite database {args.sqlite!r} does not exist.")
+            src = sqlite3.connect(f"file:{args.sqlite}?mode=ro", uri=True)
+            try:
+                rep = store.ingest(read_sql(src, args.query), batch_size=args.batch_size)
+            except sqlite3.Error as err:
+                raise CliError(f"--query failed on {args.sqlite!r}: {err}.") from err
+            finally:
+                src.close()
+            reports.append((f"sqlite:{args.sqlite}", rep))
+        total_events = store.count()
+
+    rejected = sum(r.rejected for _, r in reports)
+    payload = {
+        "store": str(args.store),
+        "stored_events": total_events,
+        "sources": [{"source": name, **rep.to_dict()} for name, rep in reports],
+        "accepted": sum(r.accepted for _, r in reports),
+        "duplicates": sum(r.duplicates for _, r in reports),
+        "rejected": rejected,
+    }
+
+    def human() -> None:
+        for name, rep in reports:
+            print(
+                f"{name}: read {rep.read}, accepted {rep.accepted}, duplicates {rep.duplicates}, "
+                f"rejected {rep.rejected}"
+            )
+            for r in rep.examples[:_MAX_PRINTED_REJECTIONS]:
+                where = f"line {r.line}" if r.line is not None else "record"
+                field = f" [{r.field}]" if r.field else ""
+                print(f"  {where}: {r.reason}{field}: {r.message}")
+            if rep.rejected > _MAX_PRINTED_REJECTIONS:
+                print(
+                    f"  ... and {rep.rejected - _MAX_PRINTED_REJECTIONS} more (--json lists up to 1000)"
+                )
+            fixes = {k: v for k, v in rep.fixes.items() if v}
+            if fixes:
+                print(
+                    "  repaired/flagged: " + ", ".join(f"{k} {v}" for k, v in sorted(fixes.items()))
+                )
+        print(f"store {args.store}: {total_events} events")
+
+    _emit(args, payload, human)
+    if args.strict and rejected:
+        print(f"fedinterest: error: {rejected} record(s) rejected (--strict).", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _format_from_suffix(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson", ".json"):
+        return "jsonl"
+    if suffix in (".csv", ".tsv"):
+        return suffix[1:]
+    raise CliError(f"cannot tell the format of {str(path)!r}; pass --format jsonl|csv|tsv.")
+
+
+# --------------------------------------------------------------------------------------------
+# store / encode
+# --------------------------------------------------------------------------------------------
+
+
+def _cmd_store_info(args: argparse.Namespace) -> int:
+    from client.store import EventStore
+
+    if not Path(args.store).is_file():
+        raise CliError(f"store {args.store!r} does not exist.")
+    with EventStore(args.store, create=False) as store:
+        info = store.info()
+        aggregates = [a.to_dict() for a in store.user_aggregates()] if args.users else None
+    if aggregates is not None:
+        info["user_aggregates"] = aggregates
+
+    def human() -> None:
+        for k in (
+            "path",
+            "events",
+            "users",
+            "flagged_events",
+            "cached_embeddings",
+            "ledger_entries",
+        ):
+            print(f"{k:>18}: {info[k]}")
+        print(
+            f"{'events_by_type':>18}: "
+            + ", ".join(f"{k} {v}" for k, v in info["events_by_type"].items())
+        )
+        for a in aggregates or []:
+            ctr = "-" if a["click_through_rate"] is None else f"{a['click_through_rate']:.2f}"
+            print(
+                f"  {a['user_id']}: {a['num_events']} events, {a['events_per_day']:.2f}/day, ctr {ctr}"
+            )
+
+    _emit(args, info, human)
+    return 0
+
+
+def _cmd_encode(args: argparse.Namespace) -> int:
+    from client.encoder import EncoderConfig, MiniLMEncoder, encode_cached
+    from client.store import EventStore
+
+    if not Path(args.store).is_file():
+        raise CliError(f"store {args.store!r} does not exist.")
+    encoder = MiniLMEncoder(
+        EncoderConfig(
+            model_dir=args.model_dir, batch_size=args.batch_size, num_threads=args.threads
+        )
+    )
+    t0 = time.perf_counter()
+    with EventStore(args.store, create=False) as store:
+        todo = store.texts_without_embedding(encoder.model_id)
+        with _progress(len(todo), "encode", args, "text") as bar:
+
+            def tick(done: int) -> None:
+                bar.n = done
+                bar.refresh()
+
+            encode_cached(encoder, store.embeddings, [t for _, t in todo], progress=tick)
+        cached = store.embeddings.count(encoder.model_id)
+    secs = time.perf_counter() - t0
+    payload = {
+        "store": str(args.store),
+        "model_id": encoder.model_id,
+        "encoded": len(todo),
+        "cached": cached,
+        "seconds": round(secs, 3),
+    }
+    _emit(
+        args,
+        payload,
+        lambda: print(
+            f"encoded {len(todo)} new texts in {secs:.1f}s; {cached} cached for {encoder.model_id}"
+        ),
+    )
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# parser
+# --------------------------------------------------------------------------------------------
+
+
+def _output_flags() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    p.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
+    return p
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, found {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, found {s!r}")
+    return v
+
+
+def _share(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], found {s!r}") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], found {s!r}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    out = _output_flags()
+    parser = argparse.ArgumentParser(
+        prog="fedinterest",
+        description="Federated, differentially private interest hierarchies from behaviour logs.",
+    )
+    parser.add_argument("--version", action="version", version=f"fedinterest {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    data = sub.add_parser("data", help="generate or export datasets")
+    dsub = data.add_subparsers(dest="data_command", metavar="DATASET", required=True)
+    synth = dsub.add_parser(
+        "synth", parents=[out], help="write the synthetic dataset as JSON Lines"
+    )
+    synth.add_argument("--out", required=True, type=Path, help="output .jsonl file")
+    synth.add_argument(
+        "--users", type=_positive_int, default=100, help="number of users (default 100)"
+    )
+    synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    synth.add_argument(
+        "--events-per-user",
+        type=_positive_int,
+        default=60,
+        help="median events per user (default 60)",
+    )
+    synth.add_argument(
+        "--drift-share",
+        type=_share,
+        default=0.2,
+        help="share of users whose interests switch (default 0.2)",
+    )
+    synth.add_argument(
+        "--truth", type=Path, help="also write the users' ground-truth interests (JSON)"
+    )
+    synth.set_defaults(func=_cmd_data_synth)
+    ml = dsub.add_parser(
+        "movielens", parents=[out], help="export MovieLens as JSON Lines of events"
+    )
+    ml.add_argument("--out", required=True, type=Path, help="output .jsonl file")
+    ml.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        help="MovieLens directory (default ../shared/data/movielens-small)",
+    )
+    ml.set_defaults(func=_cmd_data_movielens)
+
+    ing = sub.add_parser(
+        "ingest", parents=[out], help="validate and store events in a device store"
+    )
+    ing.add_argument(
+        "--store", required=True, type=Path, help="the device's SQLite store (created if missing)"
+    )
+    ing.add_argument(
+        "files",
+        nargs="*",
+        metavar="FILE",
+        help=".jsonl/.csv/.tsv file, or - for standard input (JSON Lines)",
+    )
+    ing.add_argument(
+        "--format",
+        choices=["jsonl", "csv", "tsv"],
+        help="input format (default: from the extension)",
+    )
+    ing.add_argument(
+        "--sqlite", metavar="DB", help="read events from this SQLite database with --query"
+    )
+    ing.add_argument("--query", metavar="SQL", help="SELECT whose column names are event fields")
+    ing.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=1000,
+        help="events per transaction (default 1000)",
+    )
+    ing.add_argument("--strict", action="store_true", help="exit 1 if any record is rejected")
+    ing.set_defaults(func=_cmd_ingest)
+
+    store = sub.add_parser("store", help="inspect a device store")
+    ssub = store.add_subparsers(dest="store_command", metavar="ACTION", required=True)
+    info = ssub.add_parser("info", parents=[out], help="counts: events, users, cache, ledger")
+    info.add_argument("--store", required=True, help="the device's SQLite store")
+    info.add_argument("--users", action="store_true", help="also per-user aggregates")
+    info.set_defaults(func=_cmd_store_info)
+
+    enc = sub.add_parser("encode", parents=[out], help="embed the store's texts into its cache")
+    enc.add_argument("--store", required=True, help="the device's SQLite store")
+    enc.add_argument(
+        "--model-dir",
+        default=None,
+        help="local Hugging Face model directory (default: bundled MiniLM)",
+    )
+    enc.add_argument("--batch-size", type=_positive_int, default=64)
+    enc.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="torch threads (default: torch's choice)",
+    )
+    enc.set_defaults(func=_cmd_encode)
+    return parser
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("fedinterest")
+    except Exception:
+        return "unknown"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the CLI; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = args.func
+    try:
+        return int(func(args))
+    except FedInterestError as err:
+        print(f"fedinterest: error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        print(f"fedinterest: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("fedinterest: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""Shared fixtures. Real components only: real SQLite files, the real MiniLM."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--run-bench", action="store_true", help="run the long benchmarks")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--run-bench"):
+        return
+    skip = pytest.mark.skip(reason="long benchmark: pass --run-bench")
+    for item in items:
+        if "bench" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def movielens_dir() -> Path:
+    d = SHARED / "data" / "movielens-small"
+    if not (d / "ratings.csv").is_file():
+        pytest.fail(
+            f"MovieLens is expected at {d} (../shared/data); it is part of the project's CI."
+        )
+    return d
+
+
+@pytest.fixture(scope="session")
+def encoder():  # type: ignore[no-untyped-def]
+    from client.encoder import MiniLMEncoder
+
+    return MiniLMEncoder()

@@ -1,0 +1,134 @@
+"""The fedinterest command line, run as a user runs it (subprocess) and in-process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from simulations.cli import main
+from tests.client.test_store import acceptance_file
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "simulations.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_help_and_usage_errors() -> None:
+    """--help works; a missing subcommand is a usage error (exit 2)."""
+    out = run("--help")
+    assert out.returncode == 0 and "ingest" in out.stdout and "data" in out.stdout
+    assert run().returncode == 2
+    assert run("data").returncode == 2
+    assert run("data", "synth", "--users", "0", "--out", "x.jsonl").returncode == 2
+
+
+def test_ingest_reports_rejects_and_strict(tmp_path: Path) -> None:
+    """The acceptance file: exit 0 with 997 stored and 3 rejects by line; --strict exits 1."""
+    src = tmp_path / "mixed.jsonl"
+    acceptance_file(src)
+    db = tmp_path / "d.db"
+    out = run("ingest", "--store", str(db), str(src), "--json")
+    assert out.returncode == 0, out.stderr
+    payload = json.loads(out.stdout)
+    assert (
+        payload["accepted"] == 997 and payload["rejected"] == 3 and payload["stored_events"] == 997
+    )
+    rejections = payload["sources"][0]["rejections"]
+    assert [(r["line"], r["reason"]) for r in rejections] == [
+        (301, "bad_json"),
+        (602, "missing"),
+        (1000, "future_timestamp"),
+    ]
+    human = run("ingest", "--store", str(db), str(src))
+    assert (
+        "line 602: missing [user_id]" in human.stdout
+        and "accepted 0, duplicates 997" in human.stdout
+    )
+    strict = run("ingest", "--store", str(db), str(src), "--strict", "-q")
+    assert strict.returncode == 1 and strict.stderr.strip().count("\n") == 0
+    assert "rejected (--strict)" in strict.stderr
+
+
+def test_ingest_from_stdin_and_sqlite(tmp_path: Path) -> None:
+    """`-` reads JSON Lines from standard input; --sqlite/--query reads a database."""
+    import sqlite3
+
+    lines = [
+        json.dumps(
+            {
+                "user_id": "u",
+                "timestamp": 1.7e9 + i,
+                "event_type": "view",
+                "item_id": f"i{i}",
+                "text": f"t {i}",
+            }
+        )
+        for i in range(5)
+    ]
+    db = tmp_path / "d.db"
+    out = subprocess.run(
+        [sys.executable, "-m", "simulations.cli", "ingest", "--store", str(db), "-", "--json"],
+        input="\n".join(lines) + "\n",
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0 and json.loads(out.stdout)["accepted"] == 5
+    src = tmp_path / "src.db"
+    c = sqlite3.connect(src)
+    c.execute("CREATE TABLE t (u, ts, k, i, x)")
+    c.execute("INSERT INTO t VALUES ('v', 1700000000, 'click', 'a', 'hello')")
+    c.commit()
+    c.close()
+    q = "SELECT u AS user_id, ts AS timestamp, k AS event_type, i AS item_id, x AS text FROM t"
+    out = run("ingest", "--store", str(db), "--sqlite", str(src), "--query", q, "--json")
+    assert out.returncode == 0 and json.loads(out.stdout)["stored_events"] == 6
+    bad = run("ingest", "--store", str(db), "--sqlite", str(src), "--query", "SELECT nope FROM t")
+    assert bad.returncode == 1 and bad.stderr.startswith("fedinterest: error:")
+
+
+def test_errors_are_one_line(tmp_path: Path) -> None:
+    """A missing input or store fails with exit 1 and one line on stderr."""
+    out = run("ingest", "--store", str(tmp_path / "d.db"), str(tmp_path / "missing.jsonl"))
+    assert (
+        out.returncode == 1
+        and out.stderr.strip()
+        == f"fedinterest: error: input file {str(tmp_path / 'missing.jsonl')!r} does not exist."
+    )
+    out = run("store", "info", "--store", str(tmp_path / "none.db"))
+    assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_store_info_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`store info --json --users` reports counts and per-user aggregates."""
+    src = tmp_path / "s.jsonl"
+    main(["data", "synth", "--users", "3", "--seed", "1", "--out", str(src), "-q"])
+    main(["ingest", "--store", str(tmp_path / "d.db"), str(src), "-q"])
+    capsys.readouterr()
+    assert main(["store", "info", "--store", str(tmp_path / "d.db"), "--users", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["users"] == 3 and len(info["user_aggregates"]) == 3 and info["ledger_entries"] == 0
+
+
+@pytest.mark.slow
+def test_encode_command_fills_cache(tmp_path: Path) -> None:
+    """`encode` embeds each distinct text once; a second run encodes nothing."""
+    src = tmp_path / "s.jsonl"
+    main(["data", "synth", "--users", "2", "--seed", "1", "--out", str(src), "-q"])
+    main(["ingest", "--store", str(tmp_path / "d.db"), str(src), "-q"])
+    first = json.loads(run("encode", "--store", str(tmp_path / "d.db"), "--json").stdout)
+    second = json.loads(run("encode", "--store", str(tmp_path / "d.db"), "--json").stdout)
+    assert first["encoded"] > 0 and first["cached"] == first["encoded"] and second["encoded"] == 0
