@@ -42,6 +42,7 @@ from common.events import (
     text_hash,
 )
 from common.features import UserAggregates, user_aggregates
+from common.privacy.ledger import LedgerEntry
 
 __all__ = ["SCHEMA_VERSION", "EmbeddingCache", "EventStore"]
 
@@ -553,18 +554,41 @@ class EventStore:
                 out.append((h, t))
         return out
 
+    # -- privacy ledger ---------------------------------------------------------------------
+
+    def append_ledger(self, entry: LedgerEntry, *, in_transaction: bool = False) -> int:
+        """Appends one ledger record; returns its sequence number.
+
+        With ``in_transaction=True`` the caller holds a :meth:`transaction` (so the record and
+        whatever it accounts for commit together, or neither does).
+        """
+        sql = "INSERT INTO ledger (server_round, mechanism, params, created_at) VALUES (?,?,?,?)"
+        args = (entry.server_round, entry.mechanism.value, entry.to_json(), entry.created_at)
+        if in_transaction:
+            cur = self._conn.execute(sql, args)
+        else:
+            with _Transaction(self._conn) as conn:
+                cur = conn.execute(sql, args)
+        return int(cur.lastrowid or 0)
+
+    def ledger(self) -> list[LedgerEntry]:
+        """Every ledger record, in the order written."""
+        rows = self._conn.execute("SELECT params FROM ledger ORDER BY seq").fetchall()
+        return [LedgerEntry.from_dict(json.loads(r[0])) for r in rows]
+
     # -- small persistent state -------------------------------------------------------------
 
     def get_state(self, key: str) -> bytes | None:
         row = self._conn.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
         return None if row is None else bytes(row[0])
 
-    def set_state(self, key: str, value: bytes) -> None:
+    def set_state(self, key: str, value: bytes, *, in_transaction: bool = False) -> None:
+        sql = "INSERT OR REPLACE INTO state (key, value, updated_at) VALUES (?,?,?)"
+        if in_transaction:
+            self._conn.execute(sql, (key, value, time.time()))
+            return
         with _Transaction(self._conn) as conn:
-            conn.execute(
-                "INSERT OR REPLACE INTO state (key, value, updated_at) VALUES (?,?,?)",
-                (key, value, time.time()),
-            )
+            conn.execute(sql, (key, value, time.time()))
 
     def get_json_state(self, key: str) -> Any:
         raw = self.get_state(key)

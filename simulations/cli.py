@@ -297,6 +297,119 @@ def _cmd_encode(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# simulate
+# --------------------------------------------------------------------------------------------
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from common.config import ClusteringConfig, PrivacyConfig, RunConfig
+    from simulations.simulate import SimulateOptions, simulate
+
+    run = RunConfig(
+        rounds=args.rounds,
+        fraction=args.fraction,
+        seed=args.seed,
+        privacy=PrivacyConfig(
+            epsilon=args.epsilon, delta=args.delta, mode=args.mode, no_dp=args.no_dp
+        ),
+        clustering=ClusteringConfig(),
+    )
+    opts = SimulateOptions(
+        dataset=args.dataset,
+        clients=args.clients,
+        out=Path(args.out),
+        run=run,
+        events_per_user=args.events_per_user,
+        cache=Path(args.cache) if args.cache else None,
+        taxonomy=Path(args.taxonomy) if args.taxonomy else None,
+        overwrite=args.overwrite,
+        verbose=args.verbose,
+    )
+    if args.no_dp:
+        print(
+            "WARNING: --no-dp releases every device's leaf sums WITHOUT noise. Epsilon is infinite.",
+            file=sys.stderr,
+        )
+    quiet = args.quiet or args.json
+    metrics = simulate(
+        opts, progress=None if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    )
+    if args.json:
+        from server.strategy import json_safe
+
+        json.dump(json_safe(metrics), sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+    elif not args.quiet:
+        _print_run_summary(Path(args.out), metrics)
+    return 0
+
+
+def _print_run_summary(run_dir: Path, metrics: dict[str, Any]) -> None:
+    from common.hierarchy import Hierarchy
+
+    h = Hierarchy.load(run_dir / "hierarchy.json")
+    leaves = h.level(2)
+    print(f"\ninterest tree v{h.version}: {len(h.level(1))} broad and {len(leaves)} fine interests")
+    for node in h.level(1):
+        kids = ", ".join(h.nodes[c].label for c in node.children[:6])
+        more = f" +{len(node.children) - 6}" if len(node.children) > 6 else ""
+        print(f"  {node.label:<22} {100 * node.weight:5.1f}%  {kids}{more}")
+    if "federated" in metrics:
+        cols = [c for c in ("federated", "centralized", "catalogue") if c in metrics]
+        print("\n" + f"{'metric':<20}" + "".join(f"{c:>13}" for c in cols) + f"{'fed/central':>13}")
+        for key in metrics["federated"]:
+            row = "".join(f"{metrics[c].get(key, float('nan')):>13.3f}" for c in cols)
+            ratio = metrics["ratio"].get(key)
+            print(f"{key:<20}{row}{(ratio if ratio is not None else float('nan')):>13.3f}")
+    else:
+        print("\n(no ground-truth categories in this dataset: clustering metrics omitted)")
+    eps = metrics["epsilon_event_level_total"]
+    eps_s = eps if isinstance(eps, str) else f"{eps:.3f}"
+    print(
+        f"\nmode {metrics['mode']}, event-level epsilon {eps_s} (delta {metrics['delta']:g}) over "
+        f"{metrics['rounds_completed']}/{metrics['rounds']} rounds, {metrics['clients']} clients, "
+        f"{metrics['bytes_up_per_client_per_round'] / 1024:.1f} KiB up per client per round, "
+        f"{metrics['wall_seconds']:.0f}s"
+    )
+    print(f"wrote {run_dir}/hierarchy.json, metrics.json, rounds.jsonl")
+
+
+def _cmd_labels(args: argparse.Namespace) -> int:
+    from client.encoder import EncoderConfig, MiniLMEncoder
+    from client.store import EmbeddingCache
+    from common.projection import DEFAULT_SEED, PublicProjection
+    from common.vocabulary import default_vocabulary, load_taxonomy_tsv
+    from simulations.simulate import default_cache_path, embed_labels
+
+    vocab = load_taxonomy_tsv(args.taxonomy) if args.taxonomy else default_vocabulary()
+    encoder = MiniLMEncoder(EncoderConfig(model_dir=args.model_dir))
+    seed = args.projection_seed if args.projection_seed is not None else DEFAULT_SEED
+    projection = PublicProjection(encoder.dim, args.dim, seed)
+    cache = EmbeddingCache.open(args.cache or default_cache_path())
+    labels = embed_labels(vocab, encoder, cache, projection)
+    cache.close()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    labels.save(args.out)
+    payload = {
+        "out": str(args.out),
+        "labels": len(vocab.labels),
+        "roots": len(vocab.roots),
+        "vocabulary": vocab.name,
+        "encoder_id": labels.encoder_id,
+        "projection_fingerprint": labels.projection_fingerprint,
+    }
+    _emit(
+        args,
+        payload,
+        lambda: print(
+            f"wrote {payload['labels']} labels ({payload['roots']} roots, {vocab.name}) embedded with "
+            f"{labels.encoder_id}, projection {labels.projection_fingerprint}, to {args.out}"
+        ),
+    )
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
 # parser
 # --------------------------------------------------------------------------------------------
 
@@ -315,6 +428,16 @@ def _positive_int(s: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, found {s!r}") from None
     if v < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, found {s!r}")
+    return v
+
+
+def _positive_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, found {s!r}") from None
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, found {s!r}")
     return v
 
 
@@ -411,6 +534,84 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--store", required=True, help="the device's SQLite store")
     info.add_argument("--users", action="store_true", help="also per-user aggregates")
     info.set_defaults(func=_cmd_store_info)
+
+    sim = sub.add_parser(
+        "simulate", parents=[out], help="run the federated pipeline on Flower's simulation engine"
+    )
+    sim.add_argument(
+        "--dataset",
+        default="synthetic",
+        help="synthetic (default), movielens, mind:DIR or events:FILE.jsonl",
+    )
+    sim.add_argument(
+        "--clients",
+        type=_positive_int,
+        default=100,
+        help="virtual clients, one per user (default 100)",
+    )
+    sim.add_argument("--rounds", type=_positive_int, default=5, help="federated rounds (default 5)")
+    sim.add_argument(
+        "--epsilon",
+        type=_positive_float,
+        default=2.0,
+        help="total event-level epsilon of the run (default 2)",
+    )
+    sim.add_argument("--delta", type=_share, default=1e-5, help="delta (default 1e-5)")
+    sim.add_argument(
+        "--mode",
+        choices=["secagg", "local"],
+        default="secagg",
+        help="secagg (default) or local noise",
+    )
+    sim.add_argument(
+        "--fraction",
+        type=_share,
+        default=1.0,
+        help="share of clients sampled per round (default 1)",
+    )
+    sim.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed for data, sampling and splits (DP noise is never seeded)",
+    )
+    sim.add_argument("--out", default="run", help="run directory (default ./run)")
+    sim.add_argument(
+        "--events-per-user",
+        type=_positive_int,
+        default=60,
+        help="synthetic: median events per user",
+    )
+    sim.add_argument(
+        "--cache", help="shared embedding cache file (default ~/.cache/fedinterest/embeddings.db)"
+    )
+    sim.add_argument(
+        "--taxonomy",
+        help="label space TSV (e.g. ../shared/taxonomies/chrome-topics/taxonomy_v2.tsv)",
+    )
+    sim.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    sim.add_argument("--no-dp", action="store_true", help="INSECURE: release without noise")
+    sim.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
+    sim.set_defaults(func=_cmd_simulate)
+
+    lab = sub.add_parser(
+        "labels", parents=[out], help="embed a label vocabulary for the server (labels.npz)"
+    )
+    lab.add_argument("--out", required=True, help="output .npz file")
+    lab.add_argument("--taxonomy", help="label space TSV (default: the project's vocabulary)")
+    lab.add_argument(
+        "--dim", type=_positive_int, default=128, help="projection dimension (default 128)"
+    )
+    lab.add_argument(
+        "--projection-seed", type=int, default=None, help="projection seed (default: the project's)"
+    )
+    lab.add_argument(
+        "--model-dir",
+        default=None,
+        help="local Hugging Face model directory (default: bundled MiniLM)",
+    )
+    lab.add_argument("--cache", help="embedding cache file")
+    lab.set_defaults(func=_cmd_labels)
 
     enc = sub.add_parser("encode", parents=[out], help="embed the store's texts into its cache")
     enc.add_argument("--store", required=True, help="the device's SQLite store")

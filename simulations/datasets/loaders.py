@@ -37,6 +37,8 @@ __all__ = [
     "load_events",
     "load_mind",
     "load_movielens",
+    "mind_catalogue",
+    "movielens_catalogue",
     "partition_by_user",
     "validate_records",
 ]
@@ -122,6 +124,48 @@ def _format_of(p: Path) -> str:
     )
 
 
+def _movie_texts(d: Path) -> dict[str, str]:
+    movies: dict[str, str] = {}
+    with open(d / "movies.csv", encoding="utf-8", newline="") as f:
+        for row in csv.DictReader(f):
+            genres = [g for g in row["genres"].split("|") if g and g != "(no genres listed)"]
+            text = row["title"].strip()
+            if genres:
+                text += ". Genres: " + ", ".join(genres)
+            movies[row["movieId"]] = text
+    return movies
+
+
+def movielens_catalogue(directory: str | Path | None = None) -> list[str]:
+    """The public item texts of MovieLens: every movie's title and genres (no user tags)."""
+    d = Path(directory) if directory is not None else default_movielens_dir()
+    if not (d / "movies.csv").is_file():
+        raise ConfigError(f"MovieLens directory {str(d)!r} has no movies.csv.")
+    return sorted(set(_movie_texts(d).values()))
+
+
+def mind_catalogue(directory: str | Path) -> list[str]:
+    """The public item texts of MIND: title + abstract of every article in news.tsv."""
+    d = Path(directory)
+    if not (d / "news.tsv").is_file():
+        raise ConfigError(f"MIND directory {str(d)!r} has no news.tsv.")
+    return sorted({text for text, _ in _news(d).values()})
+
+
+def _news(d: Path) -> dict[str, tuple[str, str]]:
+    news: dict[str, tuple[str, str]] = {}
+    with open(d / "news.tsv", encoding="utf-8") as f:
+        for line in f:
+            cols = line.rstrip("\n").split("\t")
+            if len(cols) < 4:
+                continue
+            nid, cat, sub, title = cols[0], cols[1], cols[2], cols[3]
+            abstract = cols[4] if len(cols) > 4 else ""
+            text = title if not abstract else f"{title}. {abstract}"
+            news[nid] = (text, f"{cat} > {sub}" if sub else cat)
+    return news
+
+
 def load_movielens(directory: str | Path | None = None) -> tuple[list[Event], IngestReport]:
     """MovieLens (``ml-latest-small`` layout) as ``rate`` events.
 
@@ -133,14 +177,7 @@ def load_movielens(directory: str | Path | None = None) -> tuple[list[Event], In
     for name in ("ratings.csv", "movies.csv"):
         if not (d / name).is_file():
             raise ConfigError(f"MovieLens directory {str(d)!r} has no {name}.")
-    movies: dict[str, str] = {}
-    with open(d / "movies.csv", encoding="utf-8", newline="") as f:
-        for row in csv.DictReader(f):
-            genres = [g for g in row["genres"].split("|") if g and g != "(no genres listed)"]
-            text = row["title"].strip()
-            if genres:
-                text += ". Genres: " + ", ".join(genres)
-            movies[row["movieId"]] = text
+    movies = _movie_texts(d)
     tags: dict[tuple[str, str], list[str]] = defaultdict(list)
     if (d / "tags.csv").is_file():
         with open(d / "tags.csv", encoding="utf-8", newline="") as f:
@@ -204,16 +241,7 @@ def load_mind(
     for name in ("news.tsv", "behaviors.tsv"):
         if not (d / name).is_file():
             raise ConfigError(f"MIND directory {str(d)!r} has no {name}.")
-    news: dict[str, tuple[str, str]] = {}
-    with open(d / "news.tsv", encoding="utf-8") as f:
-        for line in f:
-            cols = line.rstrip("\n").split("\t")
-            if len(cols) < 4:
-                continue
-            nid, cat, sub, title = cols[0], cols[1], cols[2], cols[3]
-            abstract = cols[4] if len(cols) > 4 else ""
-            text = title if not abstract else f"{title}. {abstract}"
-            news[nid] = (text, f"{cat} > {sub}" if sub else cat)
+    news = _news(d)
 
     def rec(
         uid: str, nid: str, ts: float, etype: str, key: str

@@ -25,7 +25,7 @@ import numpy.typing as npt
 
 from common.errors import ConfigError
 from common.events import Event, EventType
-from simulations.datasets.taxonomy import LEAF_TERMS
+from simulations.datasets.taxonomy import LEAF_TERMS, ROOT_TERMS
 
 __all__ = [
     "SyntheticConfig",
@@ -70,11 +70,13 @@ _MEDIA = (
     "Video review: {a} tested against {b}",
 )
 _DESCRIPTION = (
-    "Covers {b}, {c} and more.",
-    "Perfect for anyone into {b} or {c}.",
-    "Includes notes on {b} and {c}.",
-    "From {c} to {b}, a closer look.",
+    "A {r} favourite: covers {b}, {c} and more.",
+    "Perfect for anyone into {r}, especially {b} or {c}.",
+    "Includes notes on {b} and {c}, for people who love {r}.",
+    "From {c} to {b}: a closer look at {r} and {r2}.",
     "With a section on {c}.",
+    "All about {r} and {r2}, with tips on {b}.",
+    "Covers {b}, {c} and more.",
     "",
 )
 _SEARCH = (
@@ -91,6 +93,8 @@ _SEARCH = (
     "where to buy {a}",
     "{a} recommendations {aud}",
     "what is {a}",
+    "{a} {r} news",
+    "{r} {a} ideas",
 )
 _REVIEW = (
     "Loved it! The {a} is {adj2} and {opinion}.",
@@ -266,9 +270,12 @@ def _cap(s: str) -> str:
     return s[:1].upper() + s[1:]
 
 
-def _fill(template: str, rng: np.random.Generator, terms: tuple[str, ...], picks: list[str]) -> str:
+def _fill(template: str, rng: np.random.Generator, root: tuple[str, ...], picks: list[str]) -> str:
     a, b, c = picks
+    r, r2 = (root[int(i)] for i in rng.choice(len(root), size=2, replace=False))
     values = {
+        "r": r,
+        "r2": r2,
         "a": a,
         "b": b,
         "c": c,
@@ -302,10 +309,12 @@ def _make_items(cfg: SyntheticConfig, rng: np.random.Generator) -> dict[str, lis
         for _ in range(cfg.items_per_leaf):
             templates = kinds[int(rng.choice(3, p=kind_p))]
             picks = _pick3(rng, terms)
-            title = _fill(templates[int(rng.integers(len(templates)))], rng, terms, picks)
-            desc = _fill(_DESCRIPTION[int(rng.integers(len(_DESCRIPTION)))], rng, terms, picks)
+            root = ROOT_TERMS[leaf.split(" > ")[0]]
+            title = _fill(templates[int(rng.integers(len(templates)))], rng, root, picks)
+            desc = _fill(_DESCRIPTION[int(rng.integers(len(_DESCRIPTION)))], rng, root, picks)
             counter += 1
-            items.append(SyntheticItem(f"it{counter:05d}", leaf, f"{title}. {desc}".strip()))
+            sep = " " if title.endswith(("?", "!", ".")) else ". "
+            items.append(SyntheticItem(f"it{counter:05d}", leaf, f"{title}{sep}{desc}".strip()))
         out[leaf] = items
     return out
 
@@ -426,6 +435,7 @@ def _make_event(
     item_p: np.ndarray,
 ) -> Event:
     terms = LEAF_TERMS[leaf]
+    root = ROOT_TERMS[leaf.split(" > ")[0]]
     item = items[int(rng.choice(len(items), p=item_p))]
     item_id: str | None = item.item_id
     text = item.text
@@ -433,9 +443,9 @@ def _make_event(
     value: float | None = None
     if etype is EventType.SEARCH:
         item_id = None
-        text = _fill(_SEARCH[int(rng.integers(len(_SEARCH)))], rng, terms, _pick3(rng, terms))
+        text = _fill(_SEARCH[int(rng.integers(len(_SEARCH)))], rng, root, _pick3(rng, terms))
     elif etype is EventType.REVIEW:
-        text = _fill(_REVIEW[int(rng.integers(len(_REVIEW)))], rng, terms, _pick3(rng, terms))
+        text = _fill(_REVIEW[int(rng.integers(len(_REVIEW)))], rng, root, _pick3(rng, terms))
         value = float(rng.integers(3, 6) if on_interest else rng.integers(1, 4))
     elif etype is EventType.RATE:
         value = float(

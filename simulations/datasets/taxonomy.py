@@ -1,6 +1,7 @@
-"""The synthetic dataset's interest taxonomy: 20 roots, 150 leaves, each leaf with its own
+"""The synthetic dataset's interest taxonomy: 20 roots, 136 leaves, each leaf with its own
 vocabulary of specific terms (people, gear, places, techniques) from which item titles,
-descriptions, search queries and reviews are composed.
+descriptions, search queries and reviews are composed, and each root with words its leaves
+share.
 
 Written for this project. The names match the project's public label vocabulary
 (:mod:`common.vocabulary`), which is a superset; the terms here are what a language model
@@ -12,7 +13,7 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Final
 
-__all__ = ["LEAF_TERMS", "ROOTS", "leaf_paths"]
+__all__ = ["LEAF_TERMS", "ROOTS", "ROOT_TERMS", "leaf_paths"]
 
 _RAW: Final[dict[str, dict[str, str]]] = {
     "Sports": {
@@ -194,6 +195,32 @@ _RAW: Final[dict[str, dict[str, str]]] = {
 }
 
 
+# Shared words of each root's domain: items of sibling leaves use them, as real texts do
+# (a soccer and a tennis article both talk about athletes and matches).
+_ROOT_RAW: Final[dict[str, str]] = {
+    "Sports": "sports; athletes; the season; match day; league standings; coaching; fans; competition",
+    "Technology": "tech; gadgets; software; devices; digital tools; specs; hardware; the tech industry",
+    "Food & Drink": "food; cooking; recipes; the kitchen; flavours; ingredients; tasting; home cooks",
+    "Travel": "travel; holidays; destinations; itineraries; tourists; trips abroad; booking; sightseeing",
+    "Personal Finance": "personal finance; money; savings; financial planning; your wallet; banks; interest; household finances",
+    "Health & Fitness": "health; wellness; fitness; doctors; healthy habits; the body; symptoms; self-care",
+    "Music": "music; songs; albums; musicians; live performances; listeners; playlists; the music scene",
+    "Movies & TV": "movies; films; TV shows; streaming; directors; actors; box office; series to binge",
+    "Books & Literature": "books; novels; reading; authors; literature; bookshelves; bestseller lists; book clubs",
+    "Home & Garden": "home; house; DIY projects; the garden; home decor; rooms; household; renovation ideas",
+    "Fashion & Beauty": "fashion; style; beauty; outfits; looks; trends; wardrobe; beauty routine",
+    "Automotive": "cars; vehicles; driving; auto industry; motorists; engines; dealerships; garages",
+    "Pets & Animals": "pets; animals; pet owners; vets; pet care; animal behaviour; pet supplies; companion animals",
+    "Science": "science; research; scientists; discoveries; experiments; studies; the lab; scientific papers",
+    "Parenting & Family": "parenting; kids; children; parents; family life; raising children; moms and dads; child development",
+    "Games": "games; gaming; players; gameplay; strategy; game night; winning moves; gamers",
+    "Arts & Crafts": "crafts; art; handmade projects; makers; creative hobbies; artists; art supplies; craft techniques",
+    "Careers & Education": "careers; education; learning; students; professional growth; skills; employers; study",
+    "News & Politics": "politics; government; policy; politicians; the news; public debate; officials; legislation news",
+    "Outdoors": "outdoors; nature; the wilderness; outdoor gear; adventure; fresh air; trails and rivers; outdoor enthusiasts",
+}
+
+
 def _build() -> dict[str, tuple[str, ...]]:
     out: dict[str, tuple[str, ...]] = {}
     for root, leaves in _RAW.items():
@@ -205,6 +232,10 @@ def _build() -> dict[str, tuple[str, ...]]:
 
 #: ``"Root > Leaf"`` -> that leaf's specific terms.
 LEAF_TERMS: Final = MappingProxyType(_build())
+#: Root -> words its leaves share.
+ROOT_TERMS: Final = MappingProxyType(
+    {root: tuple(t.strip() for t in terms.split(";")) for root, terms in _ROOT_RAW.items()}
+)
 #: The roots, in a fixed order.
 ROOTS: Final[tuple[str, ...]] = tuple(_RAW)
 

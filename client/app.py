@@ -1,0 +1,182 @@
+"""Thin Flower ClientApp glue: the device's side of a round.
+
+Two handlers, one release (:func:`client.release.release_round`):
+
+- ``train`` (default name) with Flower's ``secaggplus_mod``: the SecAgg+ stages; the round
+  config and centroids arrive in the legacy ``fitins.*`` layout and the release leaves in
+  ``fitres.*``, masked (:mod:`common.legacy_layout`);
+- ``train.interests``: local mode; the release leaves as the allow-listed records of
+  :mod:`common.records`.
+
+The store path comes from the node config key ``store`` (deployment: ``flower-supernode
+--node-config 'store="/var/lib/fedinterest/device.db"'``) or, in simulation, from the
+resolver the simulation passes to :func:`build_client_app`. A device that cannot release
+(budget spent, parameters refused) replies with a status and releases nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.client.mod import secaggplus_mod
+from flwr.clientapp import ClientApp
+
+from client.encoder import EncoderConfig, MiniLMEncoder, TextEncoder
+from client.release import ReleaseOutcome, ReleaseParams, ReleaseRefusedError, release_round
+from client.store import EventStore
+from common.errors import BudgetExceededError, ConfigError
+from common.legacy_layout import read_fitins, to_fitres
+from common.privacy import PrivacyBudget
+from common.records import (
+    CENTROIDS,
+    REPLY_ARRAYS,
+    REPLY_META,
+    ROUND_CONFIG,
+    SUMS,
+    ReplyKeys,
+    ReplyStatus,
+    RoundKeys,
+)
+
+__all__ = ["DeviceSettings", "app", "build_client_app", "store_from_node_config"]
+
+log = logging.getLogger("fedinterest.client")
+
+NODE_STORE_KEY = "store"
+NODE_BUDGET_EPSILON_KEY = "budget-epsilon"
+NODE_MODEL_DIR_KEY = "model-dir"
+DEFAULT_DEVICE_EPSILON = 4.0
+
+
+@dataclass(frozen=True)
+class DeviceSettings:
+    """How one device runs.
+
+    Attributes:
+        store: its SQLite store.
+        budget_epsilon: lifetime event-level epsilon (``None`` only with ``allow_no_dp``).
+        allow_no_dp: accept rounds without noise (simulation of ``--no-dp`` only).
+        model_dir: a local HF model directory instead of the bundled MiniLM.
+        noise_seed: seed for the DP noise (tests only; ``None`` = OS entropy).
+    """
+
+    store: Path
+    budget_epsilon: float | None = DEFAULT_DEVICE_EPSILON
+    allow_no_dp: bool = False
+    model_dir: str | None = None
+    noise_seed: int | None = None
+
+
+def store_from_node_config(context: Context) -> DeviceSettings:
+    """Deployment: settings from the SuperNode's node config (``store``, ``budget-epsilon``,
+    ``model-dir``)."""
+    cfg = context.node_config
+    if NODE_STORE_KEY not in cfg:
+        raise ConfigError(
+            f"the node config needs `{NODE_STORE_KEY}` (the device store path), e.g. "
+            f"--node-config 'store=\"/path/device.db\"'. Found keys {sorted(cfg)}."
+        )
+    eps = cfg.get(NODE_BUDGET_EPSILON_KEY, DEFAULT_DEVICE_EPSILON)
+    model_dir = cfg.get(NODE_MODEL_DIR_KEY)
+    return DeviceSettings(
+        store=Path(str(cfg[NODE_STORE_KEY])),
+        budget_epsilon=float(str(eps)),
+        model_dir=None if model_dir is None else str(model_dir),
+    )
+
+
+_ENCODERS: dict[str | None, TextEncoder] = {}
+
+
+def _encoder(model_dir: str | None) -> TextEncoder:
+    # one per process; the model itself loads only if a text misses the cache
+    if model_dir not in _ENCODERS:
+        _ENCODERS[model_dir] = MiniLMEncoder(EncoderConfig(model_dir=model_dir, num_threads=1))
+    return _ENCODERS[model_dir]
+
+
+def _run_release(
+    settings: DeviceSettings, cfg: dict[str, Any], centroids: np.ndarray
+) -> ReleaseOutcome:
+    params = ReleaseParams.from_config(cfg, allow_no_dp=settings.allow_no_dp)
+    budget = (
+        PrivacyBudget(settings.budget_epsilon, params.delta)
+        if settings.budget_epsilon is not None
+        else None
+    )
+    rng = (
+        np.random.default_rng(settings.noise_seed)
+        if settings.noise_seed is not None
+        else np.random.default_rng()
+    )
+    if not settings.store.exists():
+        raise ConfigError(f"device store {str(settings.store)!r} does not exist.")
+    with EventStore(settings.store, create=False) as store:
+        return release_round(
+            store, params, centroids, encoder=_encoder(settings.model_dir), budget=budget, rng=rng
+        )
+
+
+def _meta(status: ReplyStatus, cfg: dict[str, Any]) -> dict[str, Any]:
+    return {
+        ReplyKeys.STATUS: status.value,
+        ReplyKeys.SERVER_ROUND: int(cfg.get(RoundKeys.SERVER_ROUND, -1)),
+        ReplyKeys.HIERARCHY_VERSION: int(cfg.get(RoundKeys.HIERARCHY_VERSION, -1)),
+    }
+
+
+def build_client_app(
+    settings_for: Callable[[Context], DeviceSettings] = store_from_node_config,
+) -> ClientApp:
+    """A ClientApp whose devices find their settings with ``settings_for(context)``."""
+    client = ClientApp()
+
+    @client.train(mods=[secaggplus_mod])
+    def train_secagg(msg: Message, context: Context) -> Message:
+        centroids, cfg = read_fitins(msg.content)
+        settings = settings_for(context)
+        # budget and refusals raise: the SecAgg+ stage turns that into an error reply and the
+        # device drops out of this round's sum without releasing anything
+        outcome = _run_release(settings, cfg, centroids)
+        return Message(to_fitres(outcome.sums, _meta(ReplyStatus.OK, cfg)), reply_to=msg)
+
+    @client.train("interests")
+    def train_local(msg: Message, context: Context) -> Message:
+        cfg = dict(msg.content.config_records[ROUND_CONFIG])
+        centroids = msg.content.array_records[CENTROIDS][CENTROIDS].numpy()
+        settings = settings_for(context)
+        try:
+            outcome = _run_release(settings, cfg, centroids)
+        except BudgetExceededError as err:
+            log.warning("device %s: %s", settings.store.name, err)
+            return Message(
+                RecordDict({REPLY_META: ConfigRecord(_meta(ReplyStatus.BUDGET_EXCEEDED, cfg))}),
+                reply_to=msg,
+            )
+        except ReleaseRefusedError as err:
+            log.warning("device %s: %s", settings.store.name, err)
+            return Message(
+                RecordDict({REPLY_META: ConfigRecord(_meta(ReplyStatus.REFUSED, cfg))}),
+                reply_to=msg,
+            )
+        content = RecordDict(
+            {
+                REPLY_ARRAYS: ArrayRecord(
+                    {SUMS: Array(np.ascontiguousarray(outcome.sums, dtype=np.float32))}
+                ),
+                REPLY_META: ConfigRecord(_meta(ReplyStatus.OK, cfg)),
+            }
+        )
+        return Message(content, reply_to=msg)
+
+    return client
+
+
+#: The deployed ClientApp (``flower-supernode ... client.app:app``): settings from node config.
+app = build_client_app()

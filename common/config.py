@@ -1,0 +1,211 @@
+"""Run configuration: frozen dataclasses per concern, validated on construction.
+
+Flower's ``run_config`` (flat, kebab-case keys; see ``[tool.flwr.app.config]`` in
+pyproject.toml) is read in exactly one place: :meth:`RunConfig.from_run_config`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from common.errors import ConfigError
+from common.projection import DEFAULT_OUTPUT_DIM, DEFAULT_SEED
+from common.records import ReleaseMode
+
+__all__ = ["ClusteringConfig", "PrivacyConfig", "RunConfig"]
+
+
+def _pos(v: float, name: str) -> None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+        raise ConfigError(f"`{name}` must be > 0. Found {v!r}.")
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """Event-level DP of the leaf-sum releases.
+
+    Attributes:
+        epsilon: total event-level epsilon of the run's releases (all rounds together).
+        delta: the delta it holds at.
+        mode: ``secagg`` (default: noise shares summed under SecAgg+) or ``local``.
+        clipping_norm: L2 bound of each event vector (``C``).
+        max_weight: cap of each event's behaviour weight; sensitivity = C x max_weight.
+        user_clipping_norm: bound of one device's whole release (Frobenius).
+        min_cohort_fraction: secagg noise shares are calibrated so that this share of the
+            sampled devices carries the full noise; rounds with fewer survivors are aborted
+            before unmasking.
+        device_epsilon: each device's lifetime event-level budget (default: ``epsilon``).
+        no_dp: release without noise (insecure; for debugging and the empirical audit).
+        accountant: ``pld`` (default) or ``rdp``.
+    """
+
+    epsilon: float = 2.0
+    delta: float = 1e-5
+    mode: ReleaseMode = ReleaseMode.SECAGG
+    clipping_norm: float = 1.0
+    max_weight: float = 1.0
+    user_clipping_norm: float = 100.0
+    min_cohort_fraction: float = 0.7
+    device_epsilon: float | None = None
+    no_dp: bool = False
+    accountant: str = "pld"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.mode, ReleaseMode):
+            try:
+                object.__setattr__(self, "mode", ReleaseMode(self.mode))
+            except ValueError:
+                raise ConfigError(
+                    f"`mode` must be 'secagg' or 'local'. Found {self.mode!r}."
+                ) from None
+        _pos(self.epsilon, "epsilon")
+        if not 0 < self.delta < 1:
+            raise ConfigError(f"`delta` must be in (0, 1). Found {self.delta!r}.")
+        for name in ("clipping_norm", "max_weight", "user_clipping_norm"):
+            _pos(getattr(self, name), name)
+        if not 0 < self.min_cohort_fraction <= 1:
+            raise ConfigError(
+                f"`min_cohort_fraction` must be in (0, 1]. Found {self.min_cohort_fraction!r}."
+            )
+        if self.device_epsilon is not None:
+            _pos(self.device_epsilon, "device_epsilon")
+        if self.accountant not in ("pld", "rdp"):
+            raise ConfigError(f"`accountant` must be 'pld' or 'rdp'. Found {self.accountant!r}.")
+
+    @property
+    def sensitivity(self) -> float:
+        return self.clipping_norm * self.max_weight
+
+    @property
+    def device_budget_epsilon(self) -> float:
+        return self.device_epsilon if self.device_epsilon is not None else self.epsilon
+
+
+@dataclass(frozen=True)
+class ClusteringConfig:
+    """The public space, the device's assignment, and the server's aggregation rules.
+
+    Attributes:
+        projection_dim / projection_seed: the public random projection.
+        residual_threshold: events whose best cosine to every leaf is below this go to the
+            unassigned row.
+        memory / prior_strength / live_z / new_leaf_z / merge_cosine / split_mass /
+            max_leaves: :class:`server.aggregation.AggregationConfig`.
+        tree_z: significance a leaf needs to appear in the published tree (a public seed that
+            has not moved costs nothing to list; measured on the synthetic default, 1.0 kept
+            more real small interests than 2.0 at a few tiny spurious ones).
+        cut: level-1 cut criterion (``labels``, ``silhouette``, ``gap`` or ``fixed``).
+        level1_k: the number of level-1 nodes with ``fixed``.
+        label_weight: weight of the public label prior in the level-1 linkage (0 = off).
+    """
+
+    projection_dim: int = DEFAULT_OUTPUT_DIM
+    projection_seed: int = DEFAULT_SEED
+    residual_threshold: float = 0.2
+    memory: float = 1.0
+    prior_strength: float = 3.0
+    live_z: float = 2.0
+    tree_z: float = 1.0
+    new_leaf_z: float = 6.0
+    merge_cosine: float = 0.92
+    split_mass: float | None = None
+    max_leaves: int = 256
+    cut: str = "labels"
+    level1_k: int | None = None
+    label_weight: float = 0.6
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.projection_dim, int) and 2 <= self.projection_dim <= 4096):
+            raise ConfigError(
+                f"`projection_dim` must be an int in [2, 4096]. Found {self.projection_dim!r}."
+            )
+        if not -1 <= self.residual_threshold <= 1:
+            raise ConfigError(
+                f"`residual_threshold` must be in [-1, 1]. Found {self.residual_threshold!r}."
+            )
+        if self.cut not in ("labels", "silhouette", "gap", "fixed"):
+            raise ConfigError(
+                f"`cut` must be labels, silhouette, gap or fixed. Found {self.cut!r}."
+            )
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A federated run.
+
+    Attributes:
+        rounds: federated rounds.
+        fraction: share of the registered devices sampled each round.
+        min_clients: fewest devices a round needs (fewer: the round is skipped).
+        seed: seeds everything that is not DP noise (sampling, splits, data).
+        round_timeout: seconds to wait for replies in a round (``None``: wait for all).
+        privacy / clustering: see those classes.
+    """
+
+    rounds: int = 5
+    fraction: float = 1.0
+    min_clients: int = 2
+    seed: int = 0
+    round_timeout: float | None = None
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
+
+    def __post_init__(self) -> None:
+        if not (
+            isinstance(self.rounds, int) and not isinstance(self.rounds, bool) and self.rounds >= 1
+        ):
+            raise ConfigError(f"`rounds` must be an int >= 1. Found {self.rounds!r}.")
+        if not 0 < self.fraction <= 1:
+            raise ConfigError(f"`fraction` must be in (0, 1]. Found {self.fraction!r}.")
+        if not (isinstance(self.min_clients, int) and self.min_clients >= 2):
+            raise ConfigError(f"`min_clients` must be an int >= 2. Found {self.min_clients!r}.")
+        if self.round_timeout is not None:
+            _pos(self.round_timeout, "round_timeout")
+
+    # -- Flower run_config: the one place its keys are read -------------------------------------
+
+    def to_run_config(self) -> dict[str, Any]:
+        """Flat kebab-case keys (``privacy.epsilon`` -> ``privacy-epsilon``); ``None`` omitted."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, (PrivacyConfig, ClusteringConfig)):
+                for k, sub in asdict(v).items():
+                    if sub is not None:
+                        out[f"{f.name}-{k}".replace("_", "-")] = (
+                            sub.value if isinstance(sub, ReleaseMode) else sub
+                        )
+            elif v is not None:
+                out[f.name.replace("_", "-")] = v
+        return out
+
+    @classmethod
+    def from_run_config(cls, cfg: Mapping[str, Any]) -> RunConfig:
+        """Parses Flower's ``run_config``; unknown keys are an error (typos fail loudly)."""
+        known_top = {
+            f.name.replace("_", "-"): f.name
+            for f in fields(cls)
+            if f.name not in ("privacy", "clustering")
+        }
+        known_priv = {f"privacy-{f.name}".replace("_", "-"): f.name for f in fields(PrivacyConfig)}
+        known_clu = {
+            f"clustering-{f.name}".replace("_", "-"): f.name for f in fields(ClusteringConfig)
+        }
+        top: dict[str, Any] = {}
+        priv: dict[str, Any] = {}
+        clu: dict[str, Any] = {}
+        for key, value in cfg.items():
+            if key in known_top:
+                top[known_top[key]] = value
+            elif key in known_priv:
+                priv[known_priv[key]] = value
+            elif key in known_clu:
+                clu[known_clu[key]] = value
+            else:
+                raise ConfigError(
+                    f"unknown run config key {key!r}; known: {sorted([*known_top, *known_priv, *known_clu])}."
+                )
+        return cls(**top, privacy=PrivacyConfig(**priv), clustering=ClusteringConfig(**clu))

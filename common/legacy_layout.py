@@ -1,0 +1,55 @@
+"""The legacy ``fitins.*`` / ``fitres.*`` record layout that Flower's SecAgg+ needs (flwr 1.42).
+
+The one place that knows it, used by both the server (:mod:`server.secagg`) and the device
+(:mod:`client.app`). flwr is imported inside the functions: ``common`` stays importable
+without it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["fitins_for_devices", "read_fitins", "read_fitres_metadata", "to_fitres"]
+
+
+def fitins_for_devices(centroids: npt.NDArray[np.float32], config: Mapping[str, Any]) -> Any:
+    """Server side: the FitIns a device receives in the SecAgg+ stage that carries the round."""
+    from flwr.common import FitIns, ndarrays_to_parameters
+
+    return FitIns(ndarrays_to_parameters([np.asarray(centroids, dtype=np.float32)]), dict(config))
+
+
+def read_fitins(content: Any) -> tuple[npt.NDArray[np.float32], dict[str, Any]]:
+    """Device side: ``(centroids, config)`` from the ``fitins.*`` records of a message."""
+    import flwr.compat.common.recorddict_compat as compat
+    from flwr.common import parameters_to_ndarrays
+
+    fitins = compat.recorddict_to_fitins(content, keep_input=True)
+    arrays = parameters_to_ndarrays(fitins.parameters)
+    if len(arrays) != 1:
+        raise ValueError(f"expected one centroid array in fitins. Found {len(arrays)}.")
+    return np.asarray(arrays[0], dtype=np.float32), dict(fitins.config)
+
+
+def to_fitres(release: npt.NDArray[np.floating], metadata: Mapping[str, Any]) -> Any:
+    """Device side: the ``fitres.*`` records SecAgg+ masks; ``num_examples = 1`` so the
+    workflow's weighted average is the plain mean of the releases."""
+    import flwr.compat.common.recorddict_compat as compat
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+
+    res = FitRes(
+        Status(Code.OK, ""),
+        ndarrays_to_parameters([np.asarray(release, dtype=np.float64)]),
+        1,
+        dict(metadata),
+    )
+    return compat.fitres_to_recorddict(res, keep_input=True)
+
+
+def read_fitres_metadata(fitres: Any) -> dict[str, Any]:
+    """Server side: the plaintext metadata of a legacy FitRes."""
+    return dict(fitres.metrics)

@@ -1,0 +1,124 @@
+"""DP mechanisms: clipping, Gaussian noise, and its calibration.
+
+Gaussian mechanism (Dwork and Roth 2014, Sec. 3.5.3; analysed here with privacy loss
+distributions, Koskela et al. 2020, via the dp-accounting library): releasing ``f(D) + N(0,
+(z * Delta)^2 I)`` where ``Delta`` bounds the L2 change of ``f`` between neighbouring datasets.
+``z`` is the *noise multiplier*.
+
+The leaf-sum release of :mod:`client.release` has, for the **event-level add/remove** relation
+(one event present or absent), ``Delta = clipping_norm * max_weight``: each event's vector is
+clipped to ``clipping_norm``, weighted by at most ``max_weight`` and added to exactly one row.
+
+Under secure aggregation each of at least ``min_cohort`` devices adds ``N(0, (z Delta)^2 /
+min_cohort)``; the sum carries at least the full variance ``(z Delta)^2`` (distributed Gaussian,
+e.g. Kairouz et al. 2021, "The distributed discrete Gaussian mechanism", Sec. 4). Dropouts
+below ``min_cohort`` would leave less noise; the server aborts such a round before unmasking.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+import numpy.typing as npt
+
+from common.errors import ConfigError
+
+__all__ = [
+    "clip_rows",
+    "clip_total",
+    "gaussian_noise",
+    "noise_multiplier_for_rounds",
+    "secagg_share_std",
+]
+
+
+def clip_rows(x: npt.NDArray[np.floating], clipping_norm: float) -> npt.NDArray[np.float32]:
+    """Scales each row to L2 norm at most ``clipping_norm``.
+
+    Args:
+        x: shape ``(n, d)``.
+
+    Returns:
+        float32, shape ``(n, d)``; every row norm <= ``clipping_norm``.
+    """
+    _positive(clipping_norm, "clipping_norm")
+    a = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(a, axis=1, keepdims=True)
+    # float32 rounding can leave a norm a hair above the bound: scale slightly under it
+    scale = np.minimum(1.0, (clipping_norm * (1 - 1e-6)) / np.maximum(norms, 1e-30))
+    out: npt.NDArray[np.float32] = (a * scale).astype(np.float32)
+    return out
+
+
+def clip_total(x: npt.NDArray[np.floating], bound: float) -> npt.NDArray[np.float32]:
+    """Scales the whole array to Frobenius norm at most ``bound`` (a projection onto a ball,
+    hence 1-Lipschitz: it never increases any neighbour's distance, so event-level sensitivity
+    survives it, and it bounds one device's total contribution: user-level sensitivity)."""
+    _positive(bound, "bound")
+    a = np.asarray(x, dtype=np.float32)
+    n = float(np.linalg.norm(a))
+    if n <= bound:
+        return a
+    return (a * (bound * (1 - 1e-6) / n)).astype(np.float32)
+
+
+def gaussian_noise(
+    shape: tuple[int, ...], std: float, rng: np.random.Generator
+) -> npt.NDArray[np.float32]:
+    """``N(0, std^2)`` noise of the given shape from ``rng``.
+
+    Outside tests ``rng`` must be seeded from the OS (``np.random.default_rng()`` with no seed
+    draws from ``os.urandom``-backed entropy).
+    """
+    if not (math.isfinite(std) and std >= 0):
+        raise ConfigError(f"`std` must be a finite number >= 0. Found {std!r}.")
+    return rng.normal(0.0, std, size=shape).astype(np.float32)
+
+
+def secagg_share_std(*, noise_multiplier: float, sensitivity: float, min_cohort: int) -> float:
+    """Per-device noise std under secure aggregation: ``z * Delta / sqrt(min_cohort)``, so that
+    a sum over at least ``min_cohort`` devices carries std ``z * Delta``."""
+    _positive(noise_multiplier, "noise_multiplier")
+    _positive(sensitivity, "sensitivity")
+    if not (isinstance(min_cohort, int) and min_cohort >= 1):
+        raise ConfigError(f"`min_cohort` must be an int >= 1. Found {min_cohort!r}.")
+    return noise_multiplier * sensitivity / math.sqrt(min_cohort)
+
+
+def noise_multiplier_for_rounds(*, epsilon: float, delta: float, rounds: int) -> float:
+    """The Gaussian noise multiplier ``z`` such that ``rounds`` releases compose (PLD) to
+    ``(epsilon, delta)``.
+
+    Composing Gaussian mechanisms with multipliers ``z_i`` is exactly a Gaussian mechanism with
+    ``z = (sum z_i^-2)^-1/2`` (Dong, Roth and Su 2022, Gaussian DP, Cor. 3.3), so this solves
+    one Gaussian with ``z / sqrt(rounds)`` by bisection on its PLD epsilon.
+    """
+    _positive(epsilon, "epsilon")
+    if not 0 < delta < 1:
+        raise ConfigError(f"`delta` must be in (0, 1). Found {delta!r}.")
+    if not (isinstance(rounds, int) and rounds >= 1):
+        raise ConfigError(f"`rounds` must be an int >= 1. Found {rounds!r}.")
+    return _single_gaussian_multiplier(round(epsilon, 12), delta) * math.sqrt(rounds)
+
+
+@lru_cache(maxsize=256)
+def _single_gaussian_multiplier(epsilon: float, delta: float) -> float:
+    from dp_accounting.gaussian_mechanism import get_sigma_gaussian
+
+    from common.privacy.accounting import gaussian_epsilon
+
+    # The analytic Gaussian (Balle and Wang 2018) is exact; the PLD accountant that audits
+    # the ledger is slightly pessimistic, so raise z until PLD agrees the target holds.
+    z = float(get_sigma_gaussian(epsilon, delta))
+    for _ in range(2000):
+        if gaussian_epsilon(z, delta) <= epsilon:
+            return z
+        z *= 1.001
+    raise ConfigError(f"no noise multiplier reaches epsilon={epsilon} at delta={delta}.")
+
+
+def _positive(v: float, name: str) -> None:
+    if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+        raise ConfigError(f"`{name}` must be > 0. Found {v!r}.")

@@ -1,0 +1,191 @@
+"""Secure aggregation of releases with Flower's SecAgg+ (the one place that knows the legacy
+``fitins.*`` / ``fitres.*`` record layout, which SecAgg+ needs in flwr 1.42).
+
+:func:`secagg_sum` runs the four SecAgg+ stages over a cohort and returns only the cohort's
+**sum** of releases: the server never holds an individual release. Each device reports
+``num_examples = 1``, so the workflow's weighted average is the plain mean, and the sum is
+``mean x survivors``. Before unmasking, the round is aborted if fewer than ``min_survivors``
+devices sent masked vectors: their noise shares would not add up to the calibrated noise.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import flwr.compat.common.recorddict_compat as compat
+import numpy as np
+import numpy.typing as npt
+from flwr.app import ConfigRecord, Context
+from flwr.common import FitIns, FitRes, Parameters, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.server.client_manager import ClientManager
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.compat.grid_client_proxy import GridClientProxy
+from flwr.server.compat.legacy_context import LegacyContext
+from flwr.server.strategy import Strategy
+from flwr.server.workflow import SecAggPlusWorkflow
+from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
+from flwr.serverapp import Grid
+
+from common.legacy_layout import fitins_for_devices, read_fitres_metadata
+
+__all__ = ["SecAggOutcome", "secagg_sum"]
+
+log = logging.getLogger("fedinterest.server")
+
+
+@dataclass
+class SecAggOutcome:
+    """Result of one secure summation.
+
+    Attributes:
+        total: the cohort sum, or ``None`` when the protocol halted.
+        survivors: devices whose masked vector is in the sum.
+        failures: error texts of devices that dropped out or refused.
+        metadata: the plaintext reply metadata of each survivor (status, round echo).
+    """
+
+    total: npt.NDArray[np.float64] | None
+    survivors: int
+    failures: list[str] = field(default_factory=list)
+    metadata: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _CollectStrategy(Strategy):
+    """A legacy Strategy that only hands out FitIns and keeps the aggregated mean."""
+
+    def __init__(self, proxies: list[ClientProxy], fitins: FitIns) -> None:
+        self._proxies = proxies
+        self._fitins = fitins
+        self.mean: list[npt.NDArray[np.float64]] | None = None
+        self.survivors = 0
+        self.failures: list[str] = []
+        self.metadata: list[dict[str, Any]] = []
+
+    def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
+        return None
+
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, FitIns]]:
+        return [(p, self._fitins) for p in self._proxies]
+
+    def aggregate_fit(
+        self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures: list[Any]
+    ) -> tuple[Parameters | None, dict[str, Any]]:
+        if results:
+            self.mean = [
+                np.asarray(a, dtype=np.float64)
+                for a in parameters_to_ndarrays(results[0][1].parameters)
+            ]
+        self.survivors = len(results)
+        self.metadata = [read_fitres_metadata(r) for _, r in results]
+        self.failures = [str(f) for f in failures]
+        return None, {}
+
+    def configure_evaluate(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[Any]:
+        return []
+
+    def aggregate_evaluate(
+        self, server_round: int, results: list[Any], failures: list[Any]
+    ) -> tuple[float | None, dict[str, Any]]:
+        return None, {}
+
+    def evaluate(
+        self, server_round: int, parameters: Parameters
+    ) -> tuple[float, dict[str, Any]] | None:
+        return None
+
+
+class _GuardedSecAggPlus(SecAggPlusWorkflow):
+    """SecAgg+ that halts before unmasking when too few masked vectors arrived."""
+
+    def __init__(self, *args: Any, min_survivors: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.min_survivors = min_survivors
+        self.halted_reason: str | None = None
+        self.stage_failures: list[str] = []
+
+    def collect_masked_vectors_stage(self, grid: Grid, context: LegacyContext, state: Any) -> bool:
+        ok = bool(super().collect_masked_vectors_stage(grid, context, state))
+        self.stage_failures = [str(f) for f in state.failures]
+        if ok and len(state.active_node_ids) < self.min_survivors:
+            self.halted_reason = (
+                f"only {len(state.active_node_ids)} masked releases arrived, fewer than the "
+                f"{self.min_survivors} the noise shares were calibrated for; aborting before unmasking."
+            )
+            log.warning(self.halted_reason)
+            return False
+        return ok
+
+
+def secagg_sum(
+    grid: Grid,
+    context: Context,
+    node_ids: Iterable[int],
+    *,
+    centroids: npt.NDArray[np.float32],
+    config: Mapping[str, Any],
+    server_round: int,
+    clipping_range: float,
+    min_survivors: int,
+    num_shares: int | float | None = None,
+    reconstruction_threshold: float = 0.6,
+    timeout: float | None = None,
+) -> SecAggOutcome:
+    """Sums one release per device under SecAgg+.
+
+    Args:
+        grid: Flower's grid.
+        context: the ServerApp context (wrapped into the legacy context SecAgg+ expects).
+        node_ids: the cohort (uint64 ids, kept as Python ints).
+        centroids: the public centroids sent to the devices.
+        config: the round's config record.
+        server_round: the round number.
+        clipping_range: every release coordinate must lie in ``[-range, range]`` (releases are
+            clipped to the user bound, plus the noise share's tails).
+        min_survivors: fewest masked vectors to unmask at all.
+        num_shares: secret shares per device (default: all devices up to 10 cohorts, then 11).
+        reconstruction_threshold: share of the shares needed to reconstruct.
+        timeout: seconds per stage.
+    """
+    ids = [int(n) for n in node_ids]
+    if len(ids) < 2:
+        return SecAggOutcome(None, 0, ["secure aggregation needs at least 2 devices"])
+    proxies: list[ClientProxy] = [GridClientProxy(n, grid, grid.run.run_id) for n in ids]
+    strategy = _CollectStrategy(proxies, fitins_for_devices(centroids, config))
+    legacy = LegacyContext(context, strategy=strategy)
+    cfg = ConfigRecord()
+    cfg[Key.CURRENT_ROUND] = server_round
+    legacy.state.config_records[MAIN_CONFIGS_RECORD] = cfg
+    legacy.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
+        ndarrays_to_parameters([np.zeros(1)]), keep_input=True
+    )
+    n = len(ids)
+    shares: int | float = num_shares if num_shares is not None else (1.0 if n <= 11 else 11)
+    # the masked sum of n quantized vectors must stay below the modulus (2**32)
+    quant = 1 << max(8, min(22, int(math.log2((2**32 - 1) / (n + 1)))))
+    workflow = _GuardedSecAggPlus(
+        num_shares=shares,
+        reconstruction_threshold=reconstruction_threshold,
+        max_weight=1.0,
+        clipping_range=float(clipping_range),
+        quantization_range=quant,
+        timeout=timeout,
+        min_survivors=min_survivors,
+    )
+    workflow(grid, legacy)
+    failures = workflow.stage_failures or strategy.failures
+    if workflow.halted_reason is not None or strategy.mean is None:
+        reason = (
+            workflow.halted_reason
+            or "secure aggregation halted (too few devices for the reconstruction threshold)"
+        )
+        return SecAggOutcome(None, 0, [*failures, reason])
+    total: npt.NDArray[np.float64] = strategy.mean[0] * strategy.survivors
+    return SecAggOutcome(total, strategy.survivors, failures, strategy.metadata)

@@ -1,0 +1,599 @@
+"""The server's round loop (Flower Message API), reply validation, and the per-round record.
+
+One round:
+
+1. sample devices; build the round config (:class:`common.records.RoundKeys`) and send the
+   public centroids;
+2. collect the cohort's **sum** of releases: under SecAgg+ (:mod:`server.secagg`, default) or
+   as individual noisy releases that are validated one by one and summed (``local``);
+3. :func:`server.aggregation.aggregate_round` (DP-Lloyd step), then
+   :func:`server.hierarchy_builder.build_hierarchy` on the live leaves;
+4. store the new version, the aggregation state and the round record in one transaction,
+   and write ``hierarchy.json`` and ``rounds.jsonl`` into the run directory.
+
+A bad reply is logged with its node id and reason and dropped; the round continues with the
+rest. A round with fewer than ``min_clients`` usable replies is skipped (no new version).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.common.serde import recorddict_to_proto
+from flwr.serverapp import Grid
+
+from common.config import RunConfig
+from common.errors import ConfigError, InvalidReleaseError
+from common.hierarchy import Hierarchy
+from common.privacy import epsilon_of_entries, noise_multiplier_for_rounds
+from common.privacy.ledger import LedgerEntry, Mechanism
+from common.projection import PublicProjection
+from common.records import (
+    CENTROIDS,
+    MESSAGE_TRAIN_INTERESTS,
+    RELEASE_ARRAYS,
+    REPLY_ARRAYS,
+    REPLY_META,
+    ROUND_CONFIG,
+    SUMS,
+    ReleaseMode,
+    ReplyKeys,
+    ReplyStatus,
+    RoundKeys,
+)
+from common.vocabulary import LabelSpace
+from server.aggregation import (
+    AggregationConfig,
+    LeafState,
+    aggregate_round,
+    initial_state,
+    leaf_statistics,
+)
+from server.hierarchy_builder import CutCriterion, TreeConfig, build_hierarchy
+from server.secagg import secagg_sum
+from server.storage import ServerStorage
+
+__all__ = ["InterestServer", "MeteredGrid", "RoundSummary", "json_safe", "validate_local_reply"]
+
+log = logging.getLogger("fedinterest.server")
+
+_STATE_KEY = "leaf_state"
+_MIN_TREE_LEAVES = 4
+
+
+class MeteredGrid(Grid):
+    """A Grid that counts the bytes of every message's content, per direction, and can hand
+    every reply to an observer (egress tests)."""
+
+    def __init__(self, inner: Grid, on_reply: Callable[[Message], None] | None = None) -> None:
+        self._inner = inner
+        self._on_reply = on_reply
+        self.bytes_down = 0
+        self.bytes_up = 0
+        self.replies = 0
+
+    @property
+    def run(self) -> Any:
+        return self._inner.run
+
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        return self._inner.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self._inner.get_node_ids()
+
+    def set_run(self, run: Any) -> None:
+        self._inner.set_run(run)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        msgs = list(messages)
+        self.bytes_down += sum(_size(m) for m in msgs)
+        return self._inner.push_messages(msgs)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        out = list(self._inner.pull_messages(message_ids))
+        self._count_up(out)
+        return out
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        msgs = list(messages)
+        self.bytes_down += sum(_size(m) for m in msgs)
+        out = list(self._inner.send_and_receive(msgs, timeout=timeout))
+        self._count_up(out)
+        return out
+
+    def _count_up(self, replies: list[Message]) -> None:
+        for r in replies:
+            if self._on_reply is not None:
+                self._on_reply(r)
+            if not r.has_error():
+                self.bytes_up += _size(r)
+                self.replies += 1
+
+
+def _size(msg: Message) -> int:
+    if msg.has_error():
+        return 0
+    return int(recorddict_to_proto(msg.content).ByteSize())
+
+
+@dataclass
+class RoundSummary:
+    """What happened in one round (one line of ``rounds.jsonl``)."""
+
+    server_round: int
+    status: str
+    sampled: int
+    usable: int
+    failures: dict[str, int] = field(default_factory=dict)
+    statuses: dict[str, int] = field(default_factory=dict)
+    hierarchy_version: int | None = None
+    live_leaves: int = 0
+    level1_nodes: int = 0
+    noise_multiplier: float = 0.0
+    noise_std: float = 0.0
+    min_cohort: int = 0
+    epsilon_event_level: float = 0.0
+    bytes_up: int = 0
+    bytes_down: int = 0
+    seconds: float = 0.0
+    aggregation: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def validate_local_reply(
+    msg: Message,
+    *,
+    expected_shape: tuple[int, int],
+    norm_bound: float,
+    server_round: int,
+    version: int,
+) -> npt.NDArray[np.float64] | None:
+    """Checks one local-mode reply; returns its release, ``None`` for a status without one.
+
+    Raises:
+        InvalidReleaseError: naming what is wrong (keys outside the allow-list, shape, dtype,
+            NaN/Inf, norm above the bound, round or version mismatch).
+    """
+    if msg.has_error():
+        raise InvalidReleaseError(f"device error: {msg.error.reason}")
+    content = msg.content
+    extra = (
+        set(content.array_records) - {REPLY_ARRAYS}
+        | set(content.config_records) - {REPLY_META}
+        | set(content.metric_records)
+    )
+    if extra:
+        raise InvalidReleaseError(f"reply carries records outside the allow-list: {sorted(extra)}.")
+    if REPLY_META not in content.config_records:
+        raise InvalidReleaseError(f"reply has no `{REPLY_META}` record.")
+    meta = content.config_records[REPLY_META]
+    unknown_meta = set(meta) - {
+        ReplyKeys.STATUS,
+        ReplyKeys.SERVER_ROUND,
+        ReplyKeys.HIERARCHY_VERSION,
+    }
+    if unknown_meta:
+        raise InvalidReleaseError(
+            f"reply metadata has keys outside the allow-list: {sorted(unknown_meta)}."
+        )
+    status = meta.get(ReplyKeys.STATUS)
+    if status not in {s.value for s in ReplyStatus}:
+        raise InvalidReleaseError(
+            f"reply status must be one of {[s.value for s in ReplyStatus]}. Found {status!r}."
+        )
+    if (
+        meta.get(ReplyKeys.SERVER_ROUND) != server_round
+        or meta.get(ReplyKeys.HIERARCHY_VERSION) != version
+    ):
+        raise InvalidReleaseError(
+            f"reply is for round {meta.get(ReplyKeys.SERVER_ROUND)!r} version {meta.get(ReplyKeys.HIERARCHY_VERSION)!r}; "
+            f"expected round {server_round} version {version}."
+        )
+    if status != ReplyStatus.OK.value:
+        if REPLY_ARRAYS in content.array_records:
+            raise InvalidReleaseError(f"a reply with status {status!r} must not carry a release.")
+        return None
+    if REPLY_ARRAYS not in content.array_records:
+        raise InvalidReleaseError("an ok reply needs its release arrays.")
+    arrays = content.array_records[REPLY_ARRAYS]
+    if set(arrays) != set(RELEASE_ARRAYS):
+        raise InvalidReleaseError(
+            f"release arrays must be exactly {sorted(RELEASE_ARRAYS)}. Found {sorted(arrays)}."
+        )
+    arr = arrays[SUMS]
+    if arr.dtype != "float32":
+        raise InvalidReleaseError(f"`{SUMS}` must be float32. Found {arr.dtype}.")
+    if tuple(arr.shape) != expected_shape:
+        raise InvalidReleaseError(
+            f"`{SUMS}` must have shape {expected_shape}. Found {tuple(arr.shape)}."
+        )
+    x = arr.numpy().astype(np.float64)
+    if not np.isfinite(x).all():
+        raise InvalidReleaseError(f"`{SUMS}` has NaN or Inf values.")
+    norm = float(np.linalg.norm(x))
+    if norm > norm_bound:
+        raise InvalidReleaseError(
+            f"`{SUMS}` norm {norm:.3g} exceeds the bound {norm_bound:.3g} (user clip + noise)."
+        )
+    return x
+
+
+def _noise_norm_bound(std: float, entries: int) -> float:
+    # |N(0, s^2 I_N)| concentrates at s sqrt(N); 8 s above it is a < 1e-13 event.
+    return std * (math.sqrt(entries) + 8.0)
+
+
+class InterestServer:
+    """The federated interest-hierarchy server.
+
+    Args:
+        run: the run configuration.
+        labels: the embedded label vocabulary (public); its leaf labels seed the first round.
+        storage: the server's database.
+        run_dir: where ``hierarchy.json`` and ``rounds.jsonl`` are written.
+        expected_nodes: wait until this many devices registered (default: ``min_clients``).
+        wait_timeout: seconds to wait for them.
+        on_round: called with each :class:`RoundSummary` (progress display).
+        on_reply: called with every reply message the server receives (egress checks).
+    """
+
+    def __init__(
+        self,
+        run: RunConfig,
+        labels: LabelSpace,
+        storage: ServerStorage,
+        *,
+        run_dir: str | Path,
+        expected_nodes: int | None = None,
+        wait_timeout: float = 120.0,
+        on_round: Callable[[RoundSummary], None] | None = None,
+        on_reply: Callable[[Message], None] | None = None,
+    ) -> None:
+        self.on_reply = on_reply
+        self.run_cfg = run
+        self.labels = labels
+        self.storage = storage
+        self.run_dir = Path(run_dir)
+        self.expected_nodes = expected_nodes or run.min_clients
+        self.wait_timeout = wait_timeout
+        self.on_round = on_round
+        c = run.clustering
+        self.projection = PublicProjection(labels.encoder_dim, c.projection_dim, c.projection_seed)
+        if (
+            labels.projection_fingerprint
+            and labels.projection_fingerprint != self.projection.fingerprint
+        ):
+            raise ConfigError(
+                f"the label vectors were projected with {labels.projection_fingerprint!r}, but this run's "
+                f"projection is {self.projection.fingerprint!r}; re-embed the labels for this run."
+            )
+        self.agg_cfg = AggregationConfig(
+            memory=c.memory,
+            prior_strength=c.prior_strength,
+            live_z=c.live_z,
+            new_leaf_z=c.new_leaf_z,
+            merge_cosine=c.merge_cosine,
+            split_mass=c.split_mass,
+            max_leaves=c.max_leaves,
+        )
+        self.tree_cfg = TreeConfig(
+            criterion=CutCriterion(c.cut), level1_k=c.level1_k, label_weight=c.label_weight
+        )
+        p = run.privacy
+        self.noise_multiplier = (
+            0.0
+            if p.no_dp
+            else noise_multiplier_for_rounds(epsilon=p.epsilon, delta=p.delta, rounds=run.rounds)
+        )
+
+    # -- state ----------------------------------------------------------------------------------
+
+    def _initial(self) -> LeafState:
+        leaves = list(self.labels.vocabulary.leaves) or list(self.labels.vocabulary.labels)
+        _, vecs = self.labels.subset(leaves)
+        return initial_state(vecs)
+
+    def _restore(self) -> tuple[LeafState, Hierarchy | None]:
+        arrays = self.storage.get_arrays(_STATE_KEY)
+        if arrays is None:
+            return self._initial(), None
+        return LeafState.from_arrays(arrays), self.storage.latest_version()
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def wait_for_nodes(self, grid: Grid) -> list[int]:
+        deadline = time.monotonic() + self.wait_timeout
+        while True:
+            ids = sorted(int(n) for n in grid.get_node_ids())
+            if len(ids) >= self.expected_nodes or time.monotonic() > deadline:
+                return ids
+            time.sleep(0.2)
+
+    def run(self, grid: Grid, context: Context) -> list[RoundSummary]:
+        """Runs the remaining rounds; returns their summaries."""
+        metered = MeteredGrid(grid, self.on_reply)
+        state, hierarchy = self._restore()
+        nodes = self.wait_for_nodes(grid)
+        if len(nodes) < self.run_cfg.min_clients:
+            raise InvalidReleaseError(
+                f"only {len(nodes)} devices registered within {self.wait_timeout:.0f}s; "
+                f"the run needs at least {self.run_cfg.min_clients}."
+            )
+        summaries = []
+        for server_round in range(state.server_round + 1, self.run_cfg.rounds + 1):
+            nodes = sorted(int(n) for n in grid.get_node_ids())
+            summary, state, hierarchy = self.run_round(
+                metered, context, server_round, nodes, state, hierarchy
+            )
+            summaries.append(summary)
+            if self.on_round is not None:
+                self.on_round(summary)
+        return summaries
+
+    def _sample(self, nodes: list[int], server_round: int) -> list[int]:
+        k = max(self.run_cfg.min_clients, math.ceil(self.run_cfg.fraction * len(nodes)))
+        if k >= len(nodes):
+            return list(nodes)
+        rng = np.random.default_rng([self.run_cfg.seed, server_round])
+        picks = sorted(int(i) for i in rng.choice(len(nodes), size=k, replace=False))
+        return [nodes[i] for i in picks]  # ids stay Python ints (uint64 never goes through numpy)
+
+    def round_config(
+        self, server_round: int, version: int, sampled: int
+    ) -> tuple[dict[str, Any], int]:
+        p = self.run_cfg.privacy
+        secagg = p.mode is ReleaseMode.SECAGG
+        min_cohort = max(2, math.ceil(p.min_cohort_fraction * sampled)) if secagg else 1
+        full = self.noise_multiplier * p.sensitivity
+        noise_std = full / math.sqrt(min_cohort) if secagg else full
+        cfg = {
+            RoundKeys.SERVER_ROUND: server_round,
+            RoundKeys.HIERARCHY_VERSION: version,
+            RoundKeys.MODE: p.mode.value,
+            RoundKeys.CLIPPING_NORM: float(p.clipping_norm),
+            RoundKeys.MAX_WEIGHT: float(p.max_weight),
+            RoundKeys.NOISE_MULTIPLIER: float(self.noise_multiplier),
+            RoundKeys.NOISE_STD: float(noise_std),
+            RoundKeys.MIN_COHORT: int(min_cohort),
+            RoundKeys.USER_CLIPPING_NORM: float(p.user_clipping_norm),
+            RoundKeys.RESIDUAL_THRESHOLD: float(self.run_cfg.clustering.residual_threshold),
+            RoundKeys.PROJECTION_SEED: int(self.projection.seed),
+            RoundKeys.PROJECTION_DIM: int(self.projection.output_dim),
+            RoundKeys.PROJECTION_FINGERPRINT: self.projection.fingerprint,
+            RoundKeys.DELTA: float(p.delta),
+        }
+        return cfg, min_cohort
+
+    def run_round(
+        self,
+        grid: MeteredGrid,
+        context: Context,
+        server_round: int,
+        nodes: list[int],
+        state: LeafState,
+        hierarchy: Hierarchy | None,
+    ) -> tuple[RoundSummary, LeafState, Hierarchy | None]:
+        t0 = time.perf_counter()
+        up0, down0 = grid.bytes_up, grid.bytes_down
+        version = hierarchy.version if hierarchy is not None else 0
+        sampled = self._sample(nodes, server_round)
+        cfg, min_cohort = self.round_config(server_round, version, len(sampled))
+        noise_std = float(cfg[RoundKeys.NOISE_STD])
+        k, d = state.num_leaves, state.dim
+        entries = (k + 1) * d
+        per_device_bound = self.run_cfg.privacy.user_clipping_norm + _noise_norm_bound(
+            noise_std, entries
+        )
+        summary = RoundSummary(
+            server_round=server_round,
+            status="ok",
+            sampled=len(sampled),
+            usable=0,
+            noise_multiplier=self.noise_multiplier,
+            noise_std=noise_std,
+            min_cohort=min_cohort,
+        )
+        failures: Counter[str] = Counter()
+        statuses: Counter[str] = Counter()
+        total: npt.NDArray[np.float64] | None = None
+        if self.run_cfg.privacy.mode is ReleaseMode.SECAGG:
+            outcome = secagg_sum(
+                grid,
+                context,
+                sampled,
+                centroids=state.centroids,
+                config=cfg,
+                server_round=server_round,
+                clipping_range=self.run_cfg.privacy.user_clipping_norm + 8 * noise_std,
+                min_survivors=max(self.run_cfg.min_clients, min_cohort),
+                timeout=self.run_cfg.round_timeout,
+            )
+            for f in outcome.failures:
+                failures[_reason(f)] += 1
+            for meta in outcome.metadata:
+                statuses[str(meta.get(ReplyKeys.STATUS, "?"))] += 1
+            usable = outcome.survivors
+            if outcome.total is not None:
+                total = outcome.total
+                bound = usable * per_device_bound
+                if total.shape != (k + 1, d) or not np.isfinite(total).all():
+                    failures["cohort sum malformed"] += 1
+                    total = None
+                elif float(np.linalg.norm(total)) > bound:
+                    failures["cohort sum above its norm bound"] += 1
+                    total = None
+        else:
+            total, usable = self._local_sum(
+                grid, sampled, state, cfg, per_device_bound, failures, statuses
+            )
+        summary.failures = dict(failures)
+        summary.statuses = dict(statuses)
+        summary.usable = usable if total is not None else 0
+        if total is None or usable < self.run_cfg.min_clients:
+            summary.status = "skipped"
+            log.warning(
+                "round %d skipped: %d usable releases (%s)", server_round, usable, dict(failures)
+            )
+            summary.seconds = time.perf_counter() - t0
+            summary.bytes_up, summary.bytes_down = grid.bytes_up - up0, grid.bytes_down - down0
+            self._persist(summary, None, None)
+            return summary, state, hierarchy
+
+        noise_var = usable * noise_std**2
+        new_state, diag = aggregate_round(state, total, noise_var=noise_var, config=self.agg_cfg)
+        new_h = self._build(new_state, hierarchy, server_round, diag.merged)
+        summary.hierarchy_version = new_h.version
+        summary.live_leaves = len(new_h.leaves)
+        summary.level1_nodes = len(new_h.level(1))
+        summary.aggregation = diag.to_dict()
+        summary.epsilon_event_level = self._epsilon_after(server_round)
+        summary.seconds = time.perf_counter() - t0
+        summary.bytes_up, summary.bytes_down = grid.bytes_up - up0, grid.bytes_down - down0
+        self._persist(summary, new_state, new_h)
+        return summary, new_state, new_h
+
+    def _local_sum(
+        self,
+        grid: Grid,
+        sampled: list[int],
+        state: LeafState,
+        cfg: dict[str, Any],
+        bound: float,
+        failures: Counter[str],
+        statuses: Counter[str],
+    ) -> tuple[npt.NDArray[np.float64] | None, int]:
+        content = RecordDict(
+            {
+                ROUND_CONFIG: ConfigRecord(cfg),
+                CENTROIDS: ArrayRecord(
+                    {CENTROIDS: Array(np.ascontiguousarray(state.centroids, dtype=np.float32))}
+                ),
+            }
+        )
+        msgs = [
+            grid.create_message(
+                content, MESSAGE_TRAIN_INTERESTS, node, str(cfg[RoundKeys.SERVER_ROUND])
+            )
+            for node in sampled
+        ]
+        replies = grid.send_and_receive(msgs, timeout=self.run_cfg.round_timeout)
+        total = np.zeros((state.num_leaves + 1, state.dim))
+        usable = 0
+        answered = set()
+        for r in replies:
+            node = int(r.metadata.src_node_id)
+            answered.add(node)
+            try:
+                x = validate_local_reply(
+                    r,
+                    expected_shape=(state.num_leaves + 1, state.dim),
+                    norm_bound=bound,
+                    server_round=int(cfg[RoundKeys.SERVER_ROUND]),
+                    version=int(cfg[RoundKeys.HIERARCHY_VERSION]),
+                )
+            except InvalidReleaseError as err:
+                log.warning("dropping reply of node %d: %s", node, err)
+                failures[_reason(str(err))] += 1
+                continue
+            status = str(r.content.config_records[REPLY_META][ReplyKeys.STATUS])
+            statuses[status] += 1
+            if x is not None:
+                total += x
+                usable += 1
+        missing = len(set(sampled) - answered)
+        if missing:
+            failures["no reply before the timeout"] += missing
+        return (total if usable else None), usable
+
+    def _build(
+        self,
+        state: LeafState,
+        previous: Hierarchy | None,
+        server_round: int,
+        merged: dict[str, str],
+    ) -> Hierarchy:
+        mass, z = leaf_statistics(state)
+        live = np.where(z >= self.run_cfg.clustering.tree_z)[0]
+        if len(live) < _MIN_TREE_LEAVES:
+            # too little signal for a tree: keep the most significant leaves (post-processing)
+            live = np.argsort(-z)[: min(_MIN_TREE_LEAVES, state.num_leaves)]
+        masses = np.maximum(mass[live], 1e-6)
+        return build_hierarchy(
+            [state.ids[i] for i in live],
+            state.centroids[live],
+            masses,
+            version=(previous.version + 1) if previous is not None else 1,
+            server_round=server_round,
+            projection_fingerprint=self.projection.fingerprint,
+            labels=self.labels,
+            previous=previous,
+            merged_leaves=merged,
+            config=self.tree_cfg,
+        )
+
+    def _epsilon_after(self, server_round: int) -> float:
+        if self.noise_multiplier == 0:
+            return math.inf
+        p = self.run_cfg.privacy
+        entries = [
+            LedgerEntry(
+                Mechanism.GAUSSIAN_SUM, self.noise_multiplier, p.sensitivity, server_round=r
+            )
+            for r in range(1, server_round + 1)
+        ]
+        return epsilon_of_entries(entries, delta=p.delta, accountant=p.accountant)
+
+    def _persist(self, summary: RoundSummary, state: LeafState | None, h: Hierarchy | None) -> None:
+        record = json_safe(summary.to_dict())
+        with self.storage.transaction() as conn:
+            if state is not None:
+                self.storage.put_arrays(_STATE_KEY, state.to_arrays(), conn=conn)
+            if h is not None:
+                self.storage.put_version(h, conn=conn)
+            self.storage.put_round(summary.server_round, record, conn=conn)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if h is not None:
+            h.save(self.run_dir / "hierarchy.json")
+        with open(self.run_dir / "rounds.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(json_safe(record), sort_keys=True) + "\n")
+
+
+def json_safe(o: Any) -> Any:
+    """numpy scalars to Python, non-finite floats to strings ("inf"), recursively."""
+    if isinstance(o, dict):
+        return {str(k): json_safe(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [json_safe(v) for v in o]
+    if isinstance(o, (np.floating, np.integer)):
+        o = o.item()
+    if isinstance(o, float) and not math.isfinite(o):
+        return str(o)
+    return o
+
+
+def _reason(text: str) -> str:
+    t = text.strip().splitlines()[-1] if text.strip() else "unknown"
+    return t[:160]

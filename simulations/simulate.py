@@ -1,0 +1,479 @@
+"""``fedinterest simulate``: the full federated pipeline on Flower's simulation engine.
+
+1. load the dataset (synthetic default, MovieLens, MIND, or any JSONL of events) and partition
+   it one client per user;
+2. embed every distinct text **once** for the whole run, into a shared embedding cache (an
+   item seen by many users is encoded once), and the label vocabulary;
+3. give each virtual client its own SQLite store under ``RUN_DIR/clients/``, with its events
+   and the cached vectors of its own texts (a deployed device embeds on ingest);
+4. run the ServerApp and one ClientApp per user on Flower's simulation engine (Ray backend,
+   one CPU per virtual client);
+5. compute the metrics against the centralized and catalogue baselines on the same data, and
+   write ``hierarchy.json``, ``metrics.json``, ``rounds.jsonl`` and ``config.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from client.encoder import EncoderConfig, MiniLMEncoder, TextEncoder, encode_cached
+from client.release import RELEASE_WEIGHTING
+from client.store import EmbeddingCache, EventStore
+from common.config import RunConfig
+from common.errors import ConfigError
+from common.events import Event, EventType, iter_records
+from common.features import weights_for_events
+from common.hierarchy import Hierarchy
+from common.privacy import gaussian_epsilon
+from common.projection import PublicProjection
+from common.vocabulary import LabelSpace, Vocabulary, default_vocabulary, load_taxonomy_tsv
+from server.hierarchy_builder import CutCriterion, TreeConfig
+from server.strategy import RoundSummary, json_safe
+from simulations.datasets.loaders import load_events, load_mind, load_movielens, partition_by_user
+from simulations.evaluation import (
+    METRIC_KEYS,
+    GroundTruth,
+    catalogue_baseline,
+    centralized_baseline,
+    clustering_metrics,
+)
+
+__all__ = [
+    "DatasetBundle",
+    "SimulateOptions",
+    "default_cache_path",
+    "embed_labels",
+    "load_bundle",
+    "simulate",
+]
+
+log = logging.getLogger("fedinterest.simulate")
+
+
+def default_cache_path() -> Path:
+    """``$FEDINTEREST_CACHE``, else ``$XDG_CACHE_HOME/fedinterest``, else ``~/.cache/fedinterest``
+    (``embeddings.db`` inside)."""
+    env = os.environ.get("FEDINTEREST_CACHE")
+    if env:
+        return Path(env) / "embeddings.db"
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "fedinterest" / "embeddings.db"
+
+
+@dataclass(frozen=True)
+class SimulateOptions:
+    """What ``fedinterest simulate`` runs.
+
+    Attributes:
+        dataset: ``synthetic``, ``movielens``, ``mind:DIR`` or ``events:FILE.jsonl``.
+        clients: virtual clients (one per user; the first ``clients`` users of a real dataset
+            in a seeded random order).
+        out: the run directory.
+        run: the federated run's configuration.
+        events_per_user: median events per synthetic user.
+        max_events_per_client: each client keeps its latest events up to this cap.
+        cache: the shared embedding cache file.
+        taxonomy: a TSV label space instead of the project's vocabulary.
+        overwrite: replace an existing run directory.
+        noise_seed: seed the devices' DP noise (tests only: predictable noise is not private).
+    """
+
+    dataset: str = "synthetic"
+    clients: int = 100
+    out: Path = Path("run")
+    run: RunConfig = field(default_factory=RunConfig)
+    events_per_user: int = 60
+    max_events_per_client: int | None = 5000
+    cache: Path | None = None
+    taxonomy: Path | None = None
+    overwrite: bool = False
+    noise_seed: int | None = None
+    verbose: bool = False
+
+
+@dataclass
+class DatasetBundle:
+    """Events plus the public item catalogue of a dataset."""
+
+    name: str
+    events: list[Event]
+    catalogue: list[str]
+    rejected: int = 0
+
+
+def _sample_users(events: list[Event], clients: int, seed: int) -> list[Event]:
+    users = sorted({e.user_id for e in events})
+    if clients >= len(users):
+        return events
+    rng = np.random.default_rng(seed)
+    keep = {users[i] for i in rng.choice(len(users), size=clients, replace=False)}
+    return [e for e in events if e.user_id in keep]
+
+
+def load_bundle(spec: str, *, clients: int, seed: int, events_per_user: int = 60) -> DatasetBundle:
+    """Loads ``synthetic``, ``movielens``, ``mind:DIR`` or ``events:FILE``."""
+    kind, _, arg = spec.partition(":")
+    if kind == "synthetic":
+        from simulations.datasets.synthetic import SyntheticConfig, generate
+
+        ds = generate(SyntheticConfig(users=clients, seed=seed, events_per_user=events_per_user))
+        return DatasetBundle("synthetic", ds.events, [it.text for it in ds.items])
+    if kind == "movielens":
+        from simulations.datasets.loaders import movielens_catalogue
+
+        events, rep = load_movielens(arg or None)
+        return DatasetBundle(
+            "movielens",
+            _sample_users(events, clients, seed),
+            movielens_catalogue(arg or None),
+            rep.rejected,
+        )
+    if kind == "mind":
+        if not arg:
+            raise ConfigError(
+                "`--dataset mind:DIR` needs the directory with news.tsv and behaviors.tsv."
+            )
+        from simulations.datasets.loaders import mind_catalogue
+
+        events, rep = load_mind(arg)
+        return DatasetBundle(
+            "mind", _sample_users(events, clients, seed), mind_catalogue(arg), rep.rejected
+        )
+    if kind == "events":
+        if not arg:
+            raise ConfigError("`--dataset events:FILE.jsonl` needs a file.")
+        events, rep = load_events(arg)
+        events = _sample_users(events, clients, seed)
+        private = {EventType.SEARCH, EventType.REVIEW}
+        catalogue = sorted(
+            {e.text for e in events if e.item_id is not None and e.event_type not in private}
+        )
+        return DatasetBundle(f"events:{Path(arg).name}", events, catalogue, rep.rejected)
+    raise ConfigError(
+        f"`--dataset` must be synthetic, movielens, mind:DIR or events:FILE. Found {spec!r}."
+    )
+
+
+def embed_labels(
+    vocabulary: Vocabulary,
+    encoder: TextEncoder,
+    cache: EmbeddingCache,
+    projection: PublicProjection,
+) -> LabelSpace:
+    """The vocabulary embedded with the devices' encoder and the run's projection."""
+    vecs = encode_cached(encoder, cache, [lab.text for lab in vocabulary.labels])
+    return LabelSpace(
+        vocabulary, projection(vecs), encoder.model_id, encoder.dim, projection.fingerprint
+    )
+
+
+def _prepare_stores(
+    run_dir: Path, parts: dict[str, list[Event]], encoder: TextEncoder, cache: EmbeddingCache
+) -> list[Path]:
+    from common.events import text_hash
+
+    stores = []
+    root = run_dir / "clients"
+    root.mkdir(parents=True, exist_ok=True)
+    for i, (_uid, evs) in enumerate(parts.items()):
+        path = root / f"client-{i:05d}.db"
+        with EventStore(path) as store:
+            store.ingest(iter_records(evs), flag_quality=False)
+            hashes = sorted({text_hash(e.text) for e in evs})
+            found = cache.get(encoder.model_id, hashes)
+            if found:
+                store.embeddings.put(encoder.model_id, list(found), np.stack(list(found.values())))
+        stores.append(path)
+    return stores
+
+
+def _settings_resolver(
+    stores: list[Path], budget: float | None, allow_no_dp: bool, noise_seed: int | None
+) -> Callable[[Any], Any]:
+    from client.app import DeviceSettings
+
+    def settings_for(context: Any) -> DeviceSettings:
+        pid = int(context.node_config["partition-id"])
+        seed = None if noise_seed is None else noise_seed * 100_003 + pid
+        return DeviceSettings(
+            stores[pid], budget_epsilon=budget, allow_no_dp=allow_no_dp, noise_seed=seed
+        )
+
+    return settings_for
+
+
+def _quiet_runtime(verbose: bool) -> None:
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not verbose:
+        logging.getLogger("flwr").setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def simulate(
+    opts: SimulateOptions,
+    *,
+    progress: Callable[[str], None] | None = None,
+    on_reply: Callable[[Any], None] | None = None,
+) -> dict[str, Any]:
+    """Runs one simulation; returns the metrics dict (also written to ``metrics.json``).
+
+    Args:
+        opts: what to run.
+        progress: called with one human-readable line per step and round.
+        on_reply: called with every reply message the server receives (egress tests).
+    """
+    say = progress or (lambda _msg: None)
+    t0 = time.perf_counter()
+    run = opts.run
+    out = Path(opts.out)
+    if out.exists() and any(out.iterdir()):
+        if not opts.overwrite:
+            raise ConfigError(
+                f"run directory {str(out)!r} is not empty; pass --overwrite or choose another --out."
+            )
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _quiet_runtime(opts.verbose)
+    if run.privacy.no_dp:
+        say(
+            "WARNING: --no-dp: releases carry NO noise; epsilon is infinite. Never use this with real users."
+        )
+
+    bundle = load_bundle(
+        opts.dataset, clients=opts.clients, seed=run.seed, events_per_user=opts.events_per_user
+    )
+    parts = partition_by_user(bundle.events, max_events_per_client=opts.max_events_per_client)
+    if len(parts) < run.min_clients:
+        raise ConfigError(
+            f"the dataset has {len(parts)} users; a run needs at least {run.min_clients}."
+        )
+    events = [e for evs in parts.values() for e in evs]
+    say(
+        f"dataset {bundle.name}: {len(events)} events of {len(parts)} users, {len(bundle.catalogue)} catalogue items"
+    )
+
+    encoder = MiniLMEncoder(EncoderConfig(num_threads=os.cpu_count() or 1))
+    cache = EmbeddingCache.open(opts.cache or default_cache_path())
+    projection = PublicProjection(
+        encoder.dim, run.clustering.projection_dim, run.clustering.projection_seed
+    )
+    vocabulary = load_taxonomy_tsv(opts.taxonomy) if opts.taxonomy else default_vocabulary()
+    texts = sorted(
+        {e.text for e in events} | set(bundle.catalogue) | {lab.text for lab in vocabulary.labels}
+    )
+    missing = len(texts) - len(cache.get(encoder.model_id, _hashes(texts)))
+    say(f"embedding {missing} new texts ({len(texts) - missing} cached)")
+    t_enc = time.perf_counter()
+    encode_cached(encoder, cache, texts, progress=_bar(missing, "encode") if missing else None)
+    encode_seconds = time.perf_counter() - t_enc
+    labels = embed_labels(vocabulary, encoder, cache, projection)
+    labels.save(out / "labels.npz")
+    stores = _prepare_stores(out, parts, encoder, cache)
+
+    summaries: list[RoundSummary] = []
+
+    def on_round(s: RoundSummary) -> None:
+        summaries.append(s)
+        eps = "inf" if not math.isfinite(s.epsilon_event_level) else f"{s.epsilon_event_level:.3f}"
+        say(
+            f"round {s.server_round}/{run.rounds}: {s.status}, {s.usable}/{s.sampled} releases, "
+            f"{s.live_leaves} fine / {s.level1_nodes} broad interests, event-level epsilon {eps}, {s.seconds:.1f}s"
+        )
+
+    (out / "config.json").write_text(
+        json.dumps(
+            json_safe(
+                {
+                    "dataset": opts.dataset,
+                    "clients": len(parts),
+                    "run": asdict(run),
+                    "vocabulary": vocabulary.name,
+                }
+            ),
+            indent=1,
+            default=str,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+    t_fl = time.perf_counter()
+    _run_flower(run, labels, out, stores, opts, on_round, on_reply)
+    fl_seconds = time.perf_counter() - t_fl
+    h = Hierarchy.load(out / "hierarchy.json") if (out / "hierarchy.json").exists() else None
+    if h is None:
+        raise ConfigError(
+            "the run produced no hierarchy (every round was skipped); see rounds.jsonl."
+        )
+
+    metrics = _metrics(
+        opts, run, bundle, events, encoder, cache, projection, labels, h, summaries, len(parts)
+    )
+    metrics["wall_seconds"] = round(time.perf_counter() - t0, 2)
+    metrics["timing"] = {
+        "encode_seconds": round(encode_seconds, 2),
+        "federated_seconds": round(fl_seconds, 2),
+    }
+    (out / "metrics.json").write_text(
+        json.dumps(json_safe(metrics), indent=1, sort_keys=True) + "\n", encoding="utf-8"
+    )
+    cache.close()
+    return metrics
+
+
+def _hashes(texts: list[str]) -> list[str]:
+    from common.events import text_hash
+
+    return [text_hash(t) for t in texts]
+
+
+def _bar(total: int, desc: str) -> Callable[[int], None]:
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="text", file=sys.stderr, leave=False, disable=None)
+
+    def tick(done: int) -> None:
+        bar.n = done
+        bar.refresh()
+        if done >= total:
+            bar.close()
+
+    return tick
+
+
+def _run_flower(
+    run: RunConfig,
+    labels: LabelSpace,
+    out: Path,
+    stores: list[Path],
+    opts: SimulateOptions,
+    on_round: Callable[[RoundSummary], None],
+    on_reply: Callable[[Any], None] | None = None,
+) -> None:
+    from flwr.simulation import run_simulation
+
+    from client.app import build_client_app
+    from server.app import build_server_app
+
+    p = run.privacy
+    budget = None if p.no_dp else p.device_budget_epsilon
+    client = build_client_app(_settings_resolver(stores, budget, p.no_dp, opts.noise_seed))
+    server = build_server_app(
+        run, labels, out, expected_nodes=len(stores), on_round=on_round, on_reply=on_reply
+    )
+    cpus = os.cpu_count() or 1
+    backend: dict[str, Any] = {
+        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+        "init_args": {
+            "num_cpus": cpus,
+            "logging_level": "ERROR" if not opts.verbose else "INFO",
+            "log_to_driver": opts.verbose,
+        },
+    }
+    run_simulation(
+        server_app=server,
+        client_app=client,
+        num_supernodes=len(stores),
+        backend_config=backend,
+        verbose_logging=opts.verbose,
+    )
+
+
+def _metrics(
+    opts: SimulateOptions,
+    run: RunConfig,
+    bundle: DatasetBundle,
+    events: list[Event],
+    encoder: TextEncoder,
+    cache: EmbeddingCache,
+    projection: PublicProjection,
+    labels: LabelSpace,
+    h: Hierarchy,
+    summaries: list[RoundSummary],
+    clients: int,
+) -> dict[str, Any]:
+    p = run.privacy
+    done = [s for s in summaries if s.status == "ok"]
+    z = summaries[0].noise_multiplier if summaries else 0.0
+    per_round = math.inf if z == 0 else gaussian_epsilon(z, p.delta, p.accountant)
+    total = done[-1].epsilon_event_level if done else 0.0
+    sampled_rounds = sum(s.sampled for s in summaries) or 1
+    out: dict[str, Any] = {
+        "dataset": bundle.name,
+        "mode": p.mode.value,
+        "no_dp": p.no_dp,
+        "epsilon_event_level_total": total,
+        "epsilon_event_level_per_round": per_round,
+        "epsilon_budget": p.epsilon,
+        "delta": p.delta,
+        "noise_multiplier": z,
+        "rounds": run.rounds,
+        "rounds_completed": len(done),
+        "clients": clients,
+        "events": len(events),
+        "catalogue_items": len(bundle.catalogue),
+        "bytes_up_per_client_per_round": round(
+            sum(s.bytes_up for s in summaries) / sampled_rounds, 1
+        ),
+        "bytes_down_per_client_per_round": round(
+            sum(s.bytes_down for s in summaries) / sampled_rounds, 1
+        ),
+        "hierarchy_version": h.version,
+        "level1_nodes": len(h.level(1)),
+        "level2_nodes": len(h.level(2)),
+    }
+    truth = GroundTruth.from_events(events)
+    if truth is None:
+        return out
+    vectors = projection(encode_cached(encoder, cache, [e.text for e in events]))
+    weights = weights_for_events(
+        events, reference_time=0.0, config=replace(RELEASE_WEIGHTING, max_weight=p.max_weight)
+    )
+    leaves = list(labels.vocabulary.leaves) or list(labels.vocabulary.labels)
+    _, seeds = labels.subset(leaves)
+    c = run.clustering
+    tree = TreeConfig(
+        criterion=CutCriterion(c.cut), level1_k=c.level1_k, label_weight=c.label_weight
+    )
+    central = centralized_baseline(
+        vectors, weights, seeds, labels=labels, fingerprint=projection.fingerprint, tree=tree
+    )
+    cat_vecs = (
+        projection(encode_cached(encoder, cache, bundle.catalogue))
+        if bundle.catalogue
+        else vectors[:0]
+    )
+    results = {
+        "federated": clustering_metrics(vectors, h, truth),
+        "centralized": clustering_metrics(vectors, central, truth),
+    }
+    if len(cat_vecs):
+        catalogue = catalogue_baseline(
+            cat_vecs, seeds, labels=labels, fingerprint=projection.fingerprint, tree=tree
+        )
+        results["catalogue"] = clustering_metrics(vectors, catalogue, truth)
+    out.update(results)
+    out["ratio"] = {
+        k: (results["federated"][k] / results["centralized"][k])
+        if results["centralized"].get(k)
+        else None
+        for k in METRIC_KEYS
+        if k in results["federated"]
+    }
+    return out
