@@ -132,3 +132,19 @@ def test_encode_command_fills_cache(tmp_path: Path) -> None:
     first = json.loads(run("encode", "--store", str(tmp_path / "d.db"), "--json").stdout)
     second = json.loads(run("encode", "--store", str(tmp_path / "d.db"), "--json").stdout)
     assert first["encoded"] > 0 and first["cached"] == first["encoded"] and second["encoded"] == 0
+
+
+@pytest.mark.slow
+def test_labels_command_writes_a_label_space(tmp_path: Path) -> None:
+    """`labels` embeds the vocabulary with the projection the server will check."""
+    from common.projection import PublicProjection
+    from common.vocabulary import LabelSpace
+
+    out = run(
+        "labels", "--out", str(tmp_path / "labels.npz"), "--cache", str(tmp_path / "c.db"), "--json"
+    )
+    assert out.returncode == 0, out.stderr
+    ls = LabelSpace.load(tmp_path / "labels.npz")
+    assert ls.vectors.shape == (len(ls.vocabulary.labels), 128) and len(ls.vocabulary.roots) == 24
+    assert ls.projection_fingerprint == PublicProjection(384, 128).fingerprint
+    assert ls.encoder_id.startswith("all-MiniLM-L6-v2:")
