@@ -23,28 +23,44 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 
 from client.encoder import EncoderConfig, MiniLMEncoder, TextEncoder
 from client.release import ReleaseOutcome, ReleaseParams, ReleaseRefusedError, release_round
 from client.store import EventStore
+from common.adapter import AdapterWeights
 from common.errors import BudgetExceededError, ConfigError
 from common.legacy_layout import read_fitins, to_fitres
 from common.privacy import PrivacyBudget
 from common.records import (
+    ADAPTER,
+    ADAPTER_A,
+    ADAPTER_ARRAYS,
+    ADAPTER_B,
+    ADAPTER_CONFIG,
+    ADAPTER_METRICS,
+    ADAPTER_NEGATIVES,
+    ADAPTER_WEIGHT_KEY,
     CENTROIDS,
     REPLY_ARRAYS,
     REPLY_META,
     ROUND_CONFIG,
     SUMS,
+    AdapterKeys,
     ReplyKeys,
     ReplyStatus,
     RoundKeys,
 )
 
-__all__ = ["DeviceSettings", "app", "build_client_app", "store_from_node_config"]
+__all__ = [
+    "ADAPTER_STATE_KEY",
+    "DeviceSettings",
+    "app",
+    "build_client_app",
+    "store_from_node_config",
+]
 
 log = logging.getLogger("fedinterest.client")
 
@@ -52,6 +68,8 @@ NODE_STORE_KEY = "store"
 NODE_BUDGET_EPSILON_KEY = "budget-epsilon"
 NODE_MODEL_DIR_KEY = "model-dir"
 DEFAULT_DEVICE_EPSILON = 4.0
+#: Device state key of the latest public adapter (for profiles between rounds).
+ADAPTER_STATE_KEY = "adapter"
 
 
 @dataclass(frozen=True)
@@ -101,26 +119,72 @@ def _encoder(model_dir: str | None) -> TextEncoder:
     return _ENCODERS[model_dir]
 
 
+def _budget(settings: DeviceSettings, delta: float) -> PrivacyBudget | None:
+    if settings.budget_epsilon is None:
+        return None
+    return PrivacyBudget(settings.budget_epsilon, delta)
+
+
+def _rng_seed(settings: DeviceSettings, salt: int) -> int | None:
+    return None if settings.noise_seed is None else settings.noise_seed * 1009 + salt
+
+
 def _run_release(
-    settings: DeviceSettings, cfg: dict[str, Any], centroids: np.ndarray
+    settings: DeviceSettings,
+    cfg: dict[str, Any],
+    centroids: np.ndarray,
+    adapter: AdapterWeights | None,
 ) -> ReleaseOutcome:
     params = ReleaseParams.from_config(cfg, allow_no_dp=settings.allow_no_dp)
-    budget = (
-        PrivacyBudget(settings.budget_epsilon, params.delta)
-        if settings.budget_epsilon is not None
-        else None
-    )
-    rng = (
-        np.random.default_rng(settings.noise_seed)
-        if settings.noise_seed is not None
-        else np.random.default_rng()
-    )
+    budget = _budget(settings, params.delta)
+    seed = _rng_seed(settings, params.server_round)
+    rng = np.random.default_rng(seed) if seed is not None else np.random.default_rng()
     if not settings.store.exists():
         raise ConfigError(f"device store {str(settings.store)!r} does not exist.")
     with EventStore(settings.store, create=False) as store:
+        if adapter is not None:
+            # the device keeps the latest public adapter for its profile between rounds
+            store.set_state(ADAPTER_STATE_KEY, _pack(adapter))
         return release_round(
-            store, params, centroids, encoder=_encoder(settings.model_dir), budget=budget, rng=rng
+            store,
+            params,
+            centroids,
+            encoder=_encoder(settings.model_dir),
+            budget=budget,
+            rng=rng,
+            adapter=None if adapter is None or adapter.is_identity() else adapter,
         )
+
+
+def _pack(w: AdapterWeights) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, a=w.a, b=w.b)
+    return buf.getvalue()
+
+
+def _run_adapter(
+    settings: DeviceSettings, cfg: dict[str, Any], weights: AdapterWeights, negatives: np.ndarray
+) -> AdapterWeights:
+    from client.adapter import adapter_round, params_from_config
+
+    params = params_from_config(cfg, allow_no_dp=settings.allow_no_dp)
+    delta = float(cfg.get(AdapterKeys.DELTA, 1e-5))
+    if not settings.store.exists():
+        raise ConfigError(f"device store {str(settings.store)!r} does not exist.")
+    with EventStore(settings.store, create=False) as store:
+        new, _reused = adapter_round(
+            store,
+            params,
+            weights,
+            negatives,
+            server_round=int(cfg.get(AdapterKeys.SERVER_ROUND, 0)),
+            encoder=_encoder(settings.model_dir),
+            budget=_budget(settings, delta),
+            seed=_rng_seed(settings, int(cfg.get(AdapterKeys.SERVER_ROUND, 0))),
+        )
+    return new
 
 
 def _meta(status: ReplyStatus, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -139,20 +203,25 @@ def build_client_app(
 
     @client.train(mods=[secaggplus_mod])
     def train_secagg(msg: Message, context: Context) -> Message:
-        centroids, cfg = read_fitins(msg.content)
+        arrays, cfg = read_fitins(msg.content)
+        adapter = AdapterWeights(arrays[1], arrays[2]) if len(arrays) == 3 else None
         settings = settings_for(context)
         # budget and refusals raise: the SecAgg+ stage turns that into an error reply and the
         # device drops out of this round's sum without releasing anything
-        outcome = _run_release(settings, cfg, centroids)
+        outcome = _run_release(settings, cfg, arrays[0], adapter)
         return Message(to_fitres(outcome.sums, _meta(ReplyStatus.OK, cfg)), reply_to=msg)
 
     @client.train("interests")
     def train_local(msg: Message, context: Context) -> Message:
         cfg = dict(msg.content.config_records[ROUND_CONFIG])
         centroids = msg.content.array_records[CENTROIDS][CENTROIDS].numpy()
+        adapter = None
+        if ADAPTER in msg.content.array_records:
+            rec = msg.content.array_records[ADAPTER]
+            adapter = AdapterWeights(rec[ADAPTER_A].numpy(), rec[ADAPTER_B].numpy())
         settings = settings_for(context)
         try:
-            outcome = _run_release(settings, cfg, centroids)
+            outcome = _run_release(settings, cfg, centroids, adapter)
         except BudgetExceededError as err:
             log.warning("device %s: %s", settings.store.name, err)
             return Message(
@@ -171,6 +240,42 @@ def build_client_app(
                     {SUMS: Array(np.ascontiguousarray(outcome.sums, dtype=np.float32))}
                 ),
                 REPLY_META: ConfigRecord(_meta(ReplyStatus.OK, cfg)),
+            }
+        )
+        return Message(content, reply_to=msg)
+
+    @client.train("adapter")
+    def train_adapter_step(msg: Message, context: Context) -> Message:
+        cfg = dict(msg.content.config_records[ADAPTER_CONFIG])
+        rec = msg.content.array_records[ADAPTER_ARRAYS]
+        weights = AdapterWeights(rec[ADAPTER_A].numpy(), rec[ADAPTER_B].numpy())
+        negatives = next(iter(msg.content.array_records[ADAPTER_NEGATIVES].values())).numpy()
+        meta_cfg = {
+            RoundKeys.SERVER_ROUND: cfg.get(AdapterKeys.SERVER_ROUND, -1),
+            RoundKeys.HIERARCHY_VERSION: -1,
+        }
+        settings = settings_for(context)
+        try:
+            new = _run_adapter(settings, cfg, weights, negatives)
+        except BudgetExceededError as err:
+            log.warning("device %s: %s", settings.store.name, err)
+            return Message(
+                RecordDict(
+                    {REPLY_META: ConfigRecord(_meta(ReplyStatus.BUDGET_EXCEEDED, meta_cfg))}
+                ),
+                reply_to=msg,
+            )
+        except ConfigError as err:
+            log.warning("device %s: %s", settings.store.name, err)
+            return Message(
+                RecordDict({REPLY_META: ConfigRecord(_meta(ReplyStatus.REFUSED, meta_cfg))}),
+                reply_to=msg,
+            )
+        content = RecordDict(
+            {
+                ADAPTER_ARRAYS: ArrayRecord({ADAPTER_A: Array(new.a), ADAPTER_B: Array(new.b)}),
+                ADAPTER_METRICS: MetricRecord({ADAPTER_WEIGHT_KEY: 1}),
+                REPLY_META: ConfigRecord(_meta(ReplyStatus.OK, meta_cfg)),
             }
         )
         return Message(content, reply_to=msg)

@@ -96,8 +96,8 @@ def weighted_kmeans(
     x = np.asarray(vectors, dtype=np.float32)
     w = np.asarray(weights, dtype=np.float64)
     n = x.shape[0]
-    if not (isinstance(k, int) and 1 <= k <= max(n, 1)):
-        raise ConfigError(f"`k` must be an int in [1, n={n}]. Found {k!r}.")
+    if not (isinstance(k, int) and k >= 1 and (k <= max(n, 1) or init is not None)):
+        raise ConfigError(f"`k` must be an int in [1, n={n}] (more only with `init`). Found {k!r}.")
     if w.shape != (n,) or (w < 0).any() or not np.isfinite(w).all():
         raise ConfigError(f"`weights` must be {n} finite values >= 0.")
     if init is not None:

@@ -277,12 +277,15 @@ def release_round(
     rng: np.random.Generator,
     adapter: Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]] | None = None,
     weighting: WeightingConfig = RELEASE_WEIGHTING,
+    checkpoint: Callable[[str], None] | None = None,
 ) -> ReleaseOutcome:
     """Computes, accounts for and noises this device's release for one round.
 
     Args:
         budget: the device's lifetime event-level budget; ``None`` only for a device that
             allows non-private releases (the spend is still recorded).
+        checkpoint: called with ``"before_ledger"`` and ``"after_ledger"`` (fault-injection
+            tests kill the process there).
 
     Raises:
         ReleaseRefusedError: the projection or centroids disagree with the round config.
@@ -338,9 +341,13 @@ def release_round(
 
     buf = io.BytesIO()
     np.save(buf, noisy, allow_pickle=False)
+    if checkpoint is not None:
+        checkpoint("before_ledger")
     with store.transaction():
         store.append_ledger(entry, in_transaction=True)
         store.set_state(key, buf.getvalue(), in_transaction=True)
+    if checkpoint is not None:
+        checkpoint("after_ledger")
     return ReleaseOutcome(noisy, epsilon_after)
 
 

@@ -15,7 +15,7 @@ from common.errors import ConfigError
 from common.projection import DEFAULT_OUTPUT_DIM, DEFAULT_SEED
 from common.records import ReleaseMode
 
-__all__ = ["ClusteringConfig", "PrivacyConfig", "RunConfig"]
+__all__ = ["AdapterConfig", "ClusteringConfig", "PrivacyConfig", "RunConfig"]
 
 
 def _pos(v: float, name: str) -> None:
@@ -133,6 +133,61 @@ class ClusteringConfig:
 
 
 @dataclass(frozen=True)
+class AdapterConfig:
+    """The low-rank adapter trained with DP-SGD on the devices (:mod:`client.adapter`).
+
+    Attributes:
+        enabled: train and apply the adapter (its DP-SGD spend counts in the run's epsilon).
+        rank: the adapter's rank.
+        seed: public seed of its initial weights.
+        noise_multiplier / max_grad_norm / sample_rate / steps / lr / temperature /
+            expected_batch_size / update_clipping_norm: per-round DP-SGD settings.
+        server_noise_multiplier: user-level DP-FedAvg noise added by the server (Flower's
+            server-side fixed clipping wrapper); 0 disables it.
+        server_clipping_norm: the server's per-device clipping of the weight change.
+        server_user_epsilon: the server's user-level budget for the adapter; the run stops
+            before a round would exceed it.
+    """
+
+    enabled: bool = False
+    rank: int = 8
+    seed: int = 7
+    noise_multiplier: float = 8.0
+    max_grad_norm: float = 1.0
+    sample_rate: float = 0.05
+    steps: int = 10
+    lr: float = 0.05
+    temperature: float = 0.1
+    expected_batch_size: int = 16
+    update_clipping_norm: float = 1.0
+    server_noise_multiplier: float = 1.0
+    server_clipping_norm: float = 1.0
+    server_user_epsilon: float = 20.0
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.rank, int) and 1 <= self.rank <= 64):
+            raise ConfigError(f"`rank` must be an int in [1, 64]. Found {self.rank!r}.")
+        for name in (
+            "noise_multiplier",
+            "max_grad_norm",
+            "lr",
+            "temperature",
+            "update_clipping_norm",
+            "server_clipping_norm",
+            "server_user_epsilon",
+        ):
+            _pos(getattr(self, name), name)
+        if not 0 < self.sample_rate <= 1:
+            raise ConfigError(f"`sample_rate` must be in (0, 1]. Found {self.sample_rate!r}.")
+        if not (isinstance(self.steps, int) and self.steps >= 1):
+            raise ConfigError(f"`steps` must be an int >= 1. Found {self.steps!r}.")
+        if self.server_noise_multiplier < 0:
+            raise ConfigError(
+                f"`server_noise_multiplier` must be >= 0. Found {self.server_noise_multiplier!r}."
+            )
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """A federated run.
 
@@ -152,6 +207,7 @@ class RunConfig:
     round_timeout: float | None = None
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
 
     def __post_init__(self) -> None:
         if not (
@@ -172,7 +228,7 @@ class RunConfig:
         out: dict[str, Any] = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            if isinstance(v, (PrivacyConfig, ClusteringConfig)):
+            if isinstance(v, (PrivacyConfig, ClusteringConfig, AdapterConfig)):
                 for k, sub in asdict(v).items():
                     if sub is not None:
                         out[f"{f.name}-{k}".replace("_", "-")] = (
@@ -185,27 +241,22 @@ class RunConfig:
     @classmethod
     def from_run_config(cls, cfg: Mapping[str, Any]) -> RunConfig:
         """Parses Flower's ``run_config``; unknown keys are an error (typos fail loudly)."""
-        known_top = {
-            f.name.replace("_", "-"): f.name
-            for f in fields(cls)
-            if f.name not in ("privacy", "clustering")
+        nested: dict[str, Any] = {
+            "privacy": PrivacyConfig,
+            "clustering": ClusteringConfig,
+            "adapter": AdapterConfig,
         }
-        known_priv = {f"privacy-{f.name}".replace("_", "-"): f.name for f in fields(PrivacyConfig)}
-        known_clu = {
-            f"clustering-{f.name}".replace("_", "-"): f.name for f in fields(ClusteringConfig)
+        known: dict[str, tuple[str | None, str]] = {
+            f.name.replace("_", "-"): (None, f.name) for f in fields(cls) if f.name not in nested
         }
+        for nest, kind in nested.items():
+            for f in fields(kind):
+                known[f"{nest}-{f.name}".replace("_", "-")] = (nest, f.name)
         top: dict[str, Any] = {}
-        priv: dict[str, Any] = {}
-        clu: dict[str, Any] = {}
+        parts: dict[str, dict[str, Any]] = {p: {} for p in nested}
         for key, value in cfg.items():
-            if key in known_top:
-                top[known_top[key]] = value
-            elif key in known_priv:
-                priv[known_priv[key]] = value
-            elif key in known_clu:
-                clu[known_clu[key]] = value
-            else:
-                raise ConfigError(
-                    f"unknown run config key {key!r}; known: {sorted([*known_top, *known_priv, *known_clu])}."
-                )
-        return cls(**top, privacy=PrivacyConfig(**priv), clustering=ClusteringConfig(**clu))
+            if key not in known:
+                raise ConfigError(f"unknown run config key {key!r}; known: {sorted(known)}.")
+            prefix, name = known[key]
+            (top if prefix is None else parts[prefix])[name] = value
+        return cls(**top, **{p: kind(**parts[p]) for p, kind in nested.items()})

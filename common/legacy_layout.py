@@ -16,23 +16,28 @@ import numpy.typing as npt
 __all__ = ["fitins_for_devices", "read_fitins", "read_fitres_metadata", "to_fitres"]
 
 
-def fitins_for_devices(centroids: npt.NDArray[np.float32], config: Mapping[str, Any]) -> Any:
-    """Server side: the FitIns a device receives in the SecAgg+ stage that carries the round."""
+def fitins_for_devices(arrays: list[npt.NDArray[np.float32]], config: Mapping[str, Any]) -> Any:
+    """Server side: the FitIns a device receives in the SecAgg+ stage that carries the round:
+    ``[centroids]`` or ``[centroids, adapter_a, adapter_b]``."""
     from flwr.common import FitIns, ndarrays_to_parameters
 
-    return FitIns(ndarrays_to_parameters([np.asarray(centroids, dtype=np.float32)]), dict(config))
+    return FitIns(
+        ndarrays_to_parameters([np.asarray(a, dtype=np.float32) for a in arrays]), dict(config)
+    )
 
 
-def read_fitins(content: Any) -> tuple[npt.NDArray[np.float32], dict[str, Any]]:
-    """Device side: ``(centroids, config)`` from the ``fitins.*`` records of a message."""
+def read_fitins(content: Any) -> tuple[list[npt.NDArray[np.float32]], dict[str, Any]]:
+    """Device side: ``(arrays, config)`` from the ``fitins.*`` records of a message."""
     import flwr.compat.common.recorddict_compat as compat
     from flwr.common import parameters_to_ndarrays
 
     fitins = compat.recorddict_to_fitins(content, keep_input=True)
     arrays = parameters_to_ndarrays(fitins.parameters)
-    if len(arrays) != 1:
-        raise ValueError(f"expected one centroid array in fitins. Found {len(arrays)}.")
-    return np.asarray(arrays[0], dtype=np.float32), dict(fitins.config)
+    if len(arrays) not in (1, 3):
+        raise ValueError(
+            f"expected centroids (and an adapter) in fitins. Found {len(arrays)} arrays."
+        )
+    return [np.asarray(a, dtype=np.float32) for a in arrays], dict(fitins.config)
 
 
 def to_fitres(release: npt.NDArray[np.floating], metadata: Mapping[str, Any]) -> Any:

@@ -24,13 +24,22 @@ from typing import Final
 
 __all__ = [
     "ADAPTER",
+    "ADAPTER_A",
+    "ADAPTER_ARRAYS",
+    "ADAPTER_B",
+    "ADAPTER_CONFIG",
+    "ADAPTER_METRICS",
+    "ADAPTER_NEGATIVES",
+    "ADAPTER_WEIGHT_KEY",
     "CENTROIDS",
+    "MESSAGE_TRAIN_ADAPTER",
     "MESSAGE_TRAIN_INTERESTS",
     "RELEASE_ARRAYS",
     "REPLY_ARRAYS",
     "REPLY_META",
     "ROUND_CONFIG",
     "SUMS",
+    "AdapterKeys",
     "ReleaseMode",
     "ReplyKeys",
     "ReplyStatus",
@@ -39,6 +48,8 @@ __all__ = [
 
 #: Message type of a local-mode round (the secagg path uses Flower's ``train`` stages).
 MESSAGE_TRAIN_INTERESTS: Final = "train.interests"
+#: Message type of the adapter's DP-SGD step (after the release step of a round).
+MESSAGE_TRAIN_ADAPTER: Final = "train.adapter"
 
 ROUND_CONFIG: Final = "interests.config"
 CENTROIDS: Final = "centroids"
@@ -46,8 +57,18 @@ ADAPTER: Final = "adapter"
 REPLY_META: Final = "interests.meta"
 REPLY_ARRAYS: Final = "interests.release"
 SUMS: Final = "sums"
-#: Arrays a reply may carry (the adapter delta joins in the privacy issue's DP-SGD path).
+#: Arrays a reply may carry.
 RELEASE_ARRAYS: Final = frozenset({SUMS})
+#: The adapter's arrays (server -> device with every round; device -> server after DP-SGD).
+ADAPTER_A: Final = "a"
+ADAPTER_B: Final = "b"
+#: Record names of the adapter step (Flower FedAvg's own keys, so its aggregation applies).
+ADAPTER_ARRAYS: Final = "arrays"
+ADAPTER_CONFIG: Final = "config"
+ADAPTER_METRICS: Final = "metrics"
+ADAPTER_NEGATIVES: Final = "negatives"
+#: FedAvg's weighting key; devices report 1 (equal weights, no exact counts released).
+ADAPTER_WEIGHT_KEY: Final = "num-examples"
 
 
 class ReleaseMode(str, enum.Enum):
@@ -76,6 +97,21 @@ class RoundKeys:
     PROJECTION_DIM: Final = "projection-dim"
     PROJECTION_FINGERPRINT: Final = "projection-fingerprint"
     MAX_EVENTS: Final = "max-events"
+    DELTA: Final = "delta"
+
+
+class AdapterKeys:
+    """Keys of the adapter step's config record (server -> device)."""
+
+    SERVER_ROUND: Final = "server-round"
+    NOISE_MULTIPLIER: Final = "adapter-noise-multiplier"
+    MAX_GRAD_NORM: Final = "adapter-max-grad-norm"
+    SAMPLE_RATE: Final = "adapter-sample-rate"
+    STEPS: Final = "adapter-steps"
+    LR: Final = "adapter-lr"
+    TEMPERATURE: Final = "adapter-temperature"
+    EXPECTED_BATCH_SIZE: Final = "adapter-expected-batch-size"
+    UPDATE_CLIPPING_NORM: Final = "adapter-update-clipping-norm"
     DELTA: Final = "delta"
 
 

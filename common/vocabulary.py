@@ -237,6 +237,8 @@ class LabelSpace:
         encoder_id: the encoder that embedded them (``TextEncoder.model_id``).
         encoder_dim: that encoder's output dimension (the projection's input).
         projection_fingerprint: of the projection applied.
+        raw_vectors: the encoder's vectors before the projection, shape ``(n, encoder_dim)``
+            (the adapter's public negatives; re-projected when the adapter changes).
     """
 
     vocabulary: Vocabulary
@@ -244,12 +246,20 @@ class LabelSpace:
     encoder_id: str = ""
     encoder_dim: int = 384
     projection_fingerprint: str = ""
+    raw_vectors: npt.NDArray[np.float32] | None = None
 
     def __post_init__(self) -> None:
         v = self.vectors
         if v.ndim != 2 or v.shape[0] != len(self.vocabulary.labels) or not np.isfinite(v).all():
             raise ConfigError(
                 f"label vectors must be finite with shape ({len(self.vocabulary.labels)}, dim). Found {v.shape}."
+            )
+        r = self.raw_vectors
+        if r is not None and (
+            r.shape != (v.shape[0], self.encoder_dim) or not np.isfinite(r).all()
+        ):
+            raise ConfigError(
+                f"raw label vectors must be finite with shape ({v.shape[0]}, {self.encoder_dim}). Found {r.shape}."
             )
 
     @property
@@ -271,6 +281,9 @@ class LabelSpace:
             encoder_id=np.asarray(self.encoder_id),
             encoder_dim=np.asarray(self.encoder_dim),
             projection_fingerprint=np.asarray(self.projection_fingerprint),
+            raw_vectors=self.raw_vectors
+            if self.raw_vectors is not None
+            else np.zeros((0, 0), np.float32),
         )
 
     @classmethod
@@ -286,7 +299,25 @@ class LabelSpace:
                 encoder_id = str(z["encoder_id"])
                 encoder_dim = int(z["encoder_dim"])
                 fingerprint = str(z["projection_fingerprint"])
+                raw = (
+                    np.asarray(z["raw_vectors"], dtype=np.float32)
+                    if "raw_vectors" in z.files
+                    else None
+                )
         except (KeyError, ValueError, OSError) as err:
             raise ConfigError(f"{str(p)!r} is not a label file: {err}.") from None
         vocab = Vocabulary(tuple(Label(tuple(pth)) for pth in paths), name=name)
-        return cls(vocab, vectors, encoder_id, encoder_dim, fingerprint)
+        if raw is not None and raw.size == 0:
+            raw = None
+        return cls(vocab, vectors, encoder_id, encoder_dim, fingerprint, raw)
+
+    def with_vectors(self, vectors: npt.NDArray[np.float32]) -> LabelSpace:
+        """The same labels with other projected vectors (after an adapter update)."""
+        return LabelSpace(
+            self.vocabulary,
+            vectors,
+            self.encoder_id,
+            self.encoder_dim,
+            self.projection_fingerprint,
+            self.raw_vectors,
+        )

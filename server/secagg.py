@@ -129,7 +129,7 @@ def secagg_sum(
     context: Context,
     node_ids: Iterable[int],
     *,
-    centroids: npt.NDArray[np.float32],
+    arrays: list[npt.NDArray[np.float32]],
     config: Mapping[str, Any],
     server_round: int,
     clipping_range: float,
@@ -144,7 +144,8 @@ def secagg_sum(
         grid: Flower's grid.
         context: the ServerApp context (wrapped into the legacy context SecAgg+ expects).
         node_ids: the cohort (uint64 ids, kept as Python ints).
-        centroids: the public centroids sent to the devices.
+        arrays: the public arrays sent to the devices: the centroids, then (optionally) the
+            adapter's ``a`` and ``b``.
         config: the round's config record.
         server_round: the round number.
         clipping_range: every release coordinate must lie in ``[-range, range]`` (releases are
@@ -158,7 +159,7 @@ def secagg_sum(
     if len(ids) < 2:
         return SecAggOutcome(None, 0, ["secure aggregation needs at least 2 devices"])
     proxies: list[ClientProxy] = [GridClientProxy(n, grid, grid.run.run_id) for n in ids]
-    strategy = _CollectStrategy(proxies, fitins_for_devices(centroids, config))
+    strategy = _CollectStrategy(proxies, fitins_for_devices(arrays, config))
     legacy = LegacyContext(context, strategy=strategy)
     cfg = ConfigRecord()
     cfg[Key.CURRENT_ROUND] = server_round

@@ -23,7 +23,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +33,17 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 from flwr.common.serde import recorddict_to_proto
 from flwr.serverapp import Grid
 
+from common.adapter import AdapterWeights, event_level_dpsgd
 from common.config import RunConfig
 from common.errors import ConfigError, InvalidReleaseError
 from common.hierarchy import Hierarchy
-from common.privacy import epsilon_of_entries, noise_multiplier_for_rounds
-from common.privacy.ledger import LedgerEntry, Mechanism
+from common.privacy import calibrate_release_multiplier, epsilon_of_entries
+from common.privacy.ledger import LedgerEntry, Mechanism, Scope
 from common.projection import PublicProjection
 from common.records import (
+    ADAPTER,
+    ADAPTER_A,
+    ADAPTER_B,
     CENTROIDS,
     MESSAGE_TRAIN_INTERESTS,
     RELEASE_ARRAYS,
@@ -53,6 +57,7 @@ from common.records import (
     RoundKeys,
 )
 from common.vocabulary import LabelSpace
+from server.adapter_fedavg import run_adapter_step
 from server.aggregation import (
     AggregationConfig,
     LeafState,
@@ -69,6 +74,7 @@ __all__ = ["InterestServer", "MeteredGrid", "RoundSummary", "json_safe", "valida
 log = logging.getLogger("fedinterest.server")
 
 _STATE_KEY = "leaf_state"
+_ADAPTER_KEY = "adapter"
 _MIN_TREE_LEAVES = 4
 
 
@@ -158,6 +164,7 @@ class RoundSummary:
     bytes_down: int = 0
     seconds: float = 0.0
     aggregation: dict[str, Any] = field(default_factory=dict)
+    adapter: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -273,6 +280,7 @@ class InterestServer:
         on_reply: Callable[[Message], None] | None = None,
     ) -> None:
         self.on_reply = on_reply
+        self._adapter_rounds: list[int] = []
         self.run_cfg = run
         self.labels = labels
         self.storage = storage
@@ -303,11 +311,30 @@ class InterestServer:
             criterion=CutCriterion(c.cut), level1_k=c.level1_k, label_weight=c.label_weight
         )
         p = run.privacy
+        self.adapter_cfg = run.adapter
+        if self.adapter_cfg.enabled and labels.raw_vectors is None:
+            raise ConfigError(
+                "the adapter needs the label vectors before projection (re-run `fedinterest labels`)."
+            )
         self.noise_multiplier = (
             0.0
             if p.no_dp
-            else noise_multiplier_for_rounds(epsilon=p.epsilon, delta=p.delta, rounds=run.rounds)
+            else calibrate_release_multiplier(
+                epsilon=p.epsilon,
+                delta=p.delta,
+                rounds=run.rounds,
+                other=self._adapter_event_terms(),
+                accountant=p.accountant,
+            )
         )
+
+    def _adapter_event_terms(self) -> tuple[tuple[float, float, int], ...]:
+        """The adapter's DP-SGD over the whole run, in event-level terms (group of 3)."""
+        a = self.adapter_cfg
+        if not a.enabled:
+            return ()
+        z, q = event_level_dpsgd(a.noise_multiplier, a.sample_rate)
+        return ((z, q, a.steps * self.run_cfg.rounds),)
 
     # -- state ----------------------------------------------------------------------------------
 
@@ -318,9 +345,23 @@ class InterestServer:
 
     def _restore(self) -> tuple[LeafState, Hierarchy | None]:
         arrays = self.storage.get_arrays(_STATE_KEY)
+        adapter = self.storage.get_arrays(_ADAPTER_KEY)
+        self.adapter = (
+            AdapterWeights.from_arrays(adapter)
+            if adapter is not None
+            else AdapterWeights.initial(
+                self.labels.encoder_dim, self.adapter_cfg.rank, self.adapter_cfg.seed
+            )
+        )
         if arrays is None:
             return self._initial(), None
         return LeafState.from_arrays(arrays), self.storage.latest_version()
+
+    def labels_for(self, adapter: AdapterWeights) -> LabelSpace:
+        """The label space in the space an adapter defines (the projected adapted raw vectors)."""
+        if adapter.is_identity() or self.labels.raw_vectors is None:
+            return self.labels
+        return self.labels.with_vectors(self.projection(adapter.apply(self.labels.raw_vectors)))
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -396,17 +437,13 @@ class InterestServer:
         state: LeafState,
         hierarchy: Hierarchy | None,
     ) -> tuple[RoundSummary, LeafState, Hierarchy | None]:
+        """One round: the release step, the adapter step (if enabled), aggregation, the tree."""
         t0 = time.perf_counter()
         up0, down0 = grid.bytes_up, grid.bytes_down
         version = hierarchy.version if hierarchy is not None else 0
         sampled = self._sample(nodes, server_round)
         cfg, min_cohort = self.round_config(server_round, version, len(sampled))
         noise_std = float(cfg[RoundKeys.NOISE_STD])
-        k, d = state.num_leaves, state.dim
-        entries = (k + 1) * d
-        per_device_bound = self.run_cfg.privacy.user_clipping_norm + _noise_norm_bound(
-            noise_std, entries
-        )
         summary = RoundSummary(
             server_round=server_round,
             status="ok",
@@ -416,42 +453,17 @@ class InterestServer:
             noise_std=noise_std,
             min_cohort=min_cohort,
         )
-        failures: Counter[str] = Counter()
-        statuses: Counter[str] = Counter()
-        total: npt.NDArray[np.float64] | None = None
-        if self.run_cfg.privacy.mode is ReleaseMode.SECAGG:
-            outcome = secagg_sum(
-                grid,
-                context,
-                sampled,
-                centroids=state.centroids,
-                config=cfg,
-                server_round=server_round,
-                clipping_range=self.run_cfg.privacy.user_clipping_norm + 8 * noise_std,
-                min_survivors=max(self.run_cfg.min_clients, min_cohort),
-                timeout=self.run_cfg.round_timeout,
-            )
-            for f in outcome.failures:
-                failures[_reason(f)] += 1
-            for meta in outcome.metadata:
-                statuses[str(meta.get(ReplyKeys.STATUS, "?"))] += 1
-            usable = outcome.survivors
-            if outcome.total is not None:
-                total = outcome.total
-                bound = usable * per_device_bound
-                if total.shape != (k + 1, d) or not np.isfinite(total).all():
-                    failures["cohort sum malformed"] += 1
-                    total = None
-                elif float(np.linalg.norm(total)) > bound:
-                    failures["cohort sum above its norm bound"] += 1
-                    total = None
-        else:
-            total, usable = self._local_sum(
-                grid, sampled, state, cfg, per_device_bound, failures, statuses
-            )
+        adapter_used = self.adapter
+        total, usable, failures, statuses = self._release_step(
+            grid, context, sampled, state, cfg, min_cohort
+        )
         summary.failures = dict(failures)
         summary.statuses = dict(statuses)
         summary.usable = usable if total is not None else 0
+
+        if self.adapter_cfg.enabled:
+            self._adapter_step(grid, sampled, server_round, summary)
+
         if total is None or usable < self.run_cfg.min_clients:
             summary.status = "skipped"
             log.warning(
@@ -459,12 +471,14 @@ class InterestServer:
             )
             summary.seconds = time.perf_counter() - t0
             summary.bytes_up, summary.bytes_down = grid.bytes_up - up0, grid.bytes_down - down0
-            self._persist(summary, None, None)
+            self._persist(summary, None, None, [])
             return summary, state, hierarchy
 
         noise_var = usable * noise_std**2
         new_state, diag = aggregate_round(state, total, noise_var=noise_var, config=self.agg_cfg)
-        new_h = self._build(new_state, hierarchy, server_round, diag.merged)
+        new_h = self._build(
+            new_state, hierarchy, server_round, diag.merged, self.labels_for(adapter_used)
+        )
         summary.hierarchy_version = new_h.version
         summary.live_leaves = len(new_h.leaves)
         summary.level1_nodes = len(new_h.level(1))
@@ -472,27 +486,191 @@ class InterestServer:
         summary.epsilon_event_level = self._epsilon_after(server_round)
         summary.seconds = time.perf_counter() - t0
         summary.bytes_up, summary.bytes_down = grid.bytes_up - up0, grid.bytes_down - down0
-        self._persist(summary, new_state, new_h)
+        # the server's view of the round, kept for the empirical audit and reports: the public
+        # centroids the devices assigned to and the DP cohort sum (nothing device-level)
+        view = {
+            "centroids": state.centroids,
+            "cohort_sum": total,
+            "noise_var": noise_var,
+            "usable": usable,
+        }
+        self._persist(
+            summary, new_state, new_h, self._server_ledger_entries(server_round), adapter_used, view
+        )
         return summary, new_state, new_h
+
+    def _release_step(
+        self,
+        grid: MeteredGrid,
+        context: Context,
+        sampled: list[int],
+        state: LeafState,
+        cfg: dict[str, Any],
+        min_cohort: int,
+    ) -> tuple[npt.NDArray[np.float64] | None, int, Counter[str], Counter[str]]:
+        k, d = state.num_leaves, state.dim
+        noise_std = float(cfg[RoundKeys.NOISE_STD])
+        per_device_bound = self.run_cfg.privacy.user_clipping_norm + _noise_norm_bound(
+            noise_std, (k + 1) * d
+        )
+        failures: Counter[str] = Counter()
+        statuses: Counter[str] = Counter()
+        arrays = [state.centroids]
+        if self.adapter_cfg.enabled:
+            arrays += [self.adapter.a, self.adapter.b]
+        if self.run_cfg.privacy.mode is not ReleaseMode.SECAGG:
+            total, usable = self._local_sum(
+                grid, sampled, arrays, cfg, (k + 1, d), per_device_bound, failures, statuses
+            )
+            return total, usable, failures, statuses
+        outcome = secagg_sum(
+            grid,
+            context,
+            sampled,
+            arrays=arrays,
+            config=cfg,
+            server_round=int(cfg[RoundKeys.SERVER_ROUND]),
+            clipping_range=self.run_cfg.privacy.user_clipping_norm + 8 * noise_std,
+            min_survivors=max(self.run_cfg.min_clients, min_cohort),
+            timeout=self.run_cfg.round_timeout,
+        )
+        for f in outcome.failures:
+            failures[_reason(f)] += 1
+        for meta in outcome.metadata:
+            statuses[str(meta.get(ReplyKeys.STATUS, "?"))] += 1
+        total = outcome.total
+        if total is not None:
+            if total.shape != (k + 1, d) or not np.isfinite(total).all():
+                failures["cohort sum malformed"] += 1
+                total = None
+            elif float(np.linalg.norm(total)) > outcome.survivors * per_device_bound:
+                failures["cohort sum above its norm bound"] += 1
+                total = None
+        return total, outcome.survivors, failures, statuses
+
+    def _adapter_step(
+        self, grid: MeteredGrid, sampled: list[int], server_round: int, summary: RoundSummary
+    ) -> None:
+        a = self.adapter_cfg
+        if a.server_noise_multiplier > 0:
+            spent = [e for e in self.storage.ledger() if e.mechanism is Mechanism.SERVER_GAUSSIAN]
+            nxt = LedgerEntry(
+                Mechanism.SERVER_GAUSSIAN,
+                a.server_noise_multiplier,
+                a.server_clipping_norm,
+                scope=Scope.USER,
+            )
+            eps = epsilon_of_entries(
+                [*spent, nxt], delta=self.run_cfg.privacy.delta, scope=Scope.USER
+            )
+            if eps > a.server_user_epsilon:
+                summary.adapter = {
+                    "status": "stopped: the server's user-level budget is spent",
+                    "epsilon": eps,
+                }
+                self.adapter_cfg = replace(a, enabled=False)
+                log.warning(
+                    "adapter training stops: user-level epsilon %.3f would exceed %.3f",
+                    eps,
+                    a.server_user_epsilon,
+                )
+                return
+        raw = self.labels.raw_vectors
+        assert raw is not None  # checked in __init__
+        result = run_adapter_step(
+            grid,
+            sampled,
+            self.adapter,
+            raw,
+            a,
+            server_round=server_round,
+            delta=self.run_cfg.privacy.delta,
+            timeout=self.run_cfg.round_timeout,
+        )
+        summary.adapter = {
+            "usable": result.usable,
+            "failures": dict(result.failures),
+            "statuses": dict(result.statuses),
+            "update_norm": round(result.weights.minus(self.adapter), 6),
+        }
+        if result.usable:
+            self.adapter = result.weights
+            self._adapter_rounds.append(server_round)
+
+    def _server_ledger_entries(self, server_round: int) -> list[LedgerEntry]:
+        """The user-level view of what this round released (the server's ledger)."""
+        p = self.run_cfg.privacy
+        out = []
+        if self.noise_multiplier > 0:
+            out.append(
+                LedgerEntry(
+                    Mechanism.GAUSSIAN_SUM,
+                    self.noise_multiplier * p.sensitivity / p.user_clipping_norm,
+                    p.user_clipping_norm,
+                    server_round=server_round,
+                    scope=Scope.USER,
+                    details={"output": "leaf sums", "user_clipping_norm": p.user_clipping_norm},
+                )
+            )
+        else:
+            out.append(
+                LedgerEntry(
+                    Mechanism.NON_PRIVATE,
+                    0.0,
+                    p.user_clipping_norm,
+                    server_round=server_round,
+                    scope=Scope.USER,
+                    details={"output": "leaf sums"},
+                )
+            )
+        if server_round in self._adapter_rounds:
+            a = self.adapter_cfg
+            if a.server_noise_multiplier > 0:
+                out.append(
+                    LedgerEntry(
+                        Mechanism.SERVER_GAUSSIAN,
+                        a.server_noise_multiplier,
+                        a.server_clipping_norm,
+                        server_round=server_round,
+                        scope=Scope.USER,
+                        details={"output": "adapter (DP-FedAvg, server-side fixed clipping)"},
+                    )
+                )
+            else:
+                out.append(
+                    LedgerEntry(
+                        Mechanism.NON_PRIVATE,
+                        0.0,
+                        a.update_clipping_norm,
+                        server_round=server_round,
+                        scope=Scope.USER,
+                        details={"output": "adapter without server noise"},
+                    )
+                )
+        return out
 
     def _local_sum(
         self,
         grid: Grid,
         sampled: list[int],
-        state: LeafState,
+        arrays: list[npt.NDArray[np.float32]],
         cfg: dict[str, Any],
+        shape: tuple[int, int],
         bound: float,
         failures: Counter[str],
         statuses: Counter[str],
     ) -> tuple[npt.NDArray[np.float64] | None, int]:
-        content = RecordDict(
-            {
-                ROUND_CONFIG: ConfigRecord(cfg),
-                CENTROIDS: ArrayRecord(
-                    {CENTROIDS: Array(np.ascontiguousarray(state.centroids, dtype=np.float32))}
-                ),
-            }
-        )
+        records: dict[str, Any] = {
+            ROUND_CONFIG: ConfigRecord(cfg),
+            CENTROIDS: ArrayRecord(
+                {CENTROIDS: Array(np.ascontiguousarray(arrays[0], dtype=np.float32))}
+            ),
+        }
+        if len(arrays) == 3:
+            records[ADAPTER] = ArrayRecord(
+                {ADAPTER_A: Array(arrays[1]), ADAPTER_B: Array(arrays[2])}
+            )
+        content = RecordDict(records)
         msgs = [
             grid.create_message(
                 content, MESSAGE_TRAIN_INTERESTS, node, str(cfg[RoundKeys.SERVER_ROUND])
@@ -500,7 +678,7 @@ class InterestServer:
             for node in sampled
         ]
         replies = grid.send_and_receive(msgs, timeout=self.run_cfg.round_timeout)
-        total = np.zeros((state.num_leaves + 1, state.dim))
+        total = np.zeros(shape)
         usable = 0
         answered = set()
         for r in replies:
@@ -509,7 +687,7 @@ class InterestServer:
             try:
                 x = validate_local_reply(
                     r,
-                    expected_shape=(state.num_leaves + 1, state.dim),
+                    expected_shape=shape,
                     norm_bound=bound,
                     server_round=int(cfg[RoundKeys.SERVER_ROUND]),
                     version=int(cfg[RoundKeys.HIERARCHY_VERSION]),
@@ -534,6 +712,7 @@ class InterestServer:
         previous: Hierarchy | None,
         server_round: int,
         merged: dict[str, str],
+        labels: LabelSpace,
     ) -> Hierarchy:
         mass, z = leaf_statistics(state)
         live = np.where(z >= self.run_cfg.clustering.tree_z)[0]
@@ -548,13 +727,15 @@ class InterestServer:
             version=(previous.version + 1) if previous is not None else 1,
             server_round=server_round,
             projection_fingerprint=self.projection.fingerprint,
-            labels=self.labels,
+            labels=labels,
             previous=previous,
             merged_leaves=merged,
             config=self.tree_cfg,
         )
 
     def _epsilon_after(self, server_round: int) -> float:
+        """A participating device's event-level epsilon after ``server_round`` rounds (what
+        its ledger composes to: the releases and, when on, the adapter's DP-SGD)."""
         if self.noise_multiplier == 0:
             return math.inf
         p = self.run_cfg.privacy
@@ -564,19 +745,52 @@ class InterestServer:
             )
             for r in range(1, server_round + 1)
         ]
+        for r in self._adapter_rounds:
+            z, q = event_level_dpsgd(
+                self.adapter_cfg.noise_multiplier, self.adapter_cfg.sample_rate
+            )
+            entries.append(
+                LedgerEntry(
+                    Mechanism.DPSGD,
+                    z,
+                    1.0,
+                    sample_rate=q,
+                    steps=self.adapter_cfg.steps,
+                    server_round=r,
+                )
+            )
         return epsilon_of_entries(entries, delta=p.delta, accountant=p.accountant)
 
-    def _persist(self, summary: RoundSummary, state: LeafState | None, h: Hierarchy | None) -> None:
+    def _persist(
+        self,
+        summary: RoundSummary,
+        state: LeafState | None,
+        h: Hierarchy | None,
+        ledger: list[LedgerEntry],
+        adapter: AdapterWeights | None = None,
+        view: dict[str, Any] | None = None,
+    ) -> None:
+        """Version, state, adapter, server ledger and round record: one transaction."""
         record = json_safe(summary.to_dict())
         with self.storage.transaction() as conn:
+            if view is not None:
+                self.storage.put_arrays(f"round:{summary.server_round}", view, conn=conn)
             if state is not None:
                 self.storage.put_arrays(_STATE_KEY, state.to_arrays(), conn=conn)
+            self.storage.put_arrays(_ADAPTER_KEY, self.adapter.to_arrays(), conn=conn)
             if h is not None:
                 self.storage.put_version(h, conn=conn)
+                if adapter is not None:
+                    # the adapter whose space this version's centroids live in
+                    self.storage.put_arrays(f"adapter:v{h.version}", adapter.to_arrays(), conn=conn)
+            for entry in ledger:
+                self.storage.append_ledger(entry, conn=conn)
             self.storage.put_round(summary.server_round, record, conn=conn)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if h is not None:
             h.save(self.run_dir / "hierarchy.json")
+            if adapter is not None:
+                np.savez(self.run_dir / "adapter.npz", a=adapter.a, b=adapter.b)
         with open(self.run_dir / "rounds.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(json_safe(record), sort_keys=True) + "\n")
 

@@ -302,7 +302,7 @@ def _cmd_encode(args: argparse.Namespace) -> int:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from common.config import ClusteringConfig, PrivacyConfig, RunConfig
+    from common.config import AdapterConfig, ClusteringConfig, PrivacyConfig, RunConfig
     from simulations.simulate import SimulateOptions, simulate
 
     run = RunConfig(
@@ -313,6 +313,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             epsilon=args.epsilon, delta=args.delta, mode=args.mode, no_dp=args.no_dp
         ),
         clustering=ClusteringConfig(),
+        adapter=AdapterConfig(enabled=args.adapter),
     )
     opts = SimulateOptions(
         dataset=args.dataset,
@@ -372,6 +373,124 @@ def _print_run_summary(run_dir: Path, metrics: dict[str, Any]) -> None:
         f"{metrics['wall_seconds']:.0f}s"
     )
     print(f"wrote {run_dir}/hierarchy.json, metrics.json, rounds.jsonl")
+
+
+def _fmt_eps(v: Any) -> str:
+    if isinstance(v, str):
+        return v
+    return "inf" if v == float("inf") else f"{v:.4f}"
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from simulations.audit import audit_device, audit_run
+
+    if args.store:
+        dev = audit_device(
+            args.store,
+            delta=args.delta or 1e-5,
+            accountant=args.accountant or "pld",
+            budget_epsilon=args.budget,
+        )
+        payload = dev.to_dict()
+
+        def human_store() -> None:
+            print(
+                f"device {dev.name}: {len(dev.entries)} ledger entries, event-level epsilon {_fmt_eps(dev.epsilon)} (delta {args.delta or 1e-5:g})"
+            )
+            for k, v in dev.per_mechanism.items():
+                print(f"  {k:<20} epsilon {_fmt_eps(v)}")
+            for r, v in sorted(dev.per_round.items()):
+                print(f"  after round {r:<3} epsilon {_fmt_eps(v)}")
+            for f in dev.flags:
+                print(f"  FLAG: {f}")
+
+        _emit(args, payload, human_store)
+        return 1 if dev.flags and args.strict else 0
+    if not args.run_dir:
+        raise CliError("give RUN_DIR, or --store PATH for one device.")
+    if args.empirical:
+        return _audit_empirical(args)
+    report = audit_run(args.run_dir, delta=args.delta, accountant=args.accountant)
+
+    def human() -> None:
+        ev = report["event_level"]
+        print(
+            f"audit of {args.run_dir} (delta {report['delta']:g}, {report['accountant']} accountant)"
+        )
+        print(
+            f"  event level over {ev['devices']} devices: min {_fmt_eps(ev['epsilon_min'])}, "
+            f"median {_fmt_eps(ev['epsilon_median'])}, max {_fmt_eps(ev['epsilon_max'])}; "
+            f"over budget: {len(ev['over_budget'])}"
+        )
+        print(f"  {'mechanism':<20}{'entries':>9}{'eps max':>11}{'eps median':>12}")
+        for k, v in report["mechanisms"].items():
+            print(
+                f"  {k:<20}{v['entries']:>9}{_fmt_eps(v['epsilon_max']):>11}{_fmt_eps(v['epsilon_median']):>12}"
+            )
+        print(f"  {'round':<8}{'devices':>9}{'eps max':>11}{'eps median':>12}")
+        for r, v in report["per_round"].items():
+            print(
+                f"  {r:<8}{v['devices_recorded']:>9}{_fmt_eps(v['epsilon_max']):>11}{_fmt_eps(v['epsilon_median']):>12}"
+            )
+        print(f"  user level: {_fmt_eps(report['user_level']['epsilon'])}")
+        for k, v in report["user_level"]["per_output"].items():
+            print(f"    {k}: {_fmt_eps(v)}")
+        for f in report["flags"]:
+            print(f"  FLAG: {f}")
+        for g in report["guarantees"]:
+            print(f"  - {g}")
+        print(f"wrote {args.run_dir}/audit.json")
+
+    _emit(args, report, human)
+    return 1 if report["flags"] and args.strict else 0
+
+
+def _audit_empirical(args: argparse.Namespace) -> int:
+    import json as _json
+
+    from simulations.audit import audit_run
+    from simulations.empirical_audit import run_empirical_audit
+
+    base = audit_run(args.run_dir)
+    say = None if (args.quiet or args.json) else (lambda m: print(m, file=sys.stderr, flush=True))
+    res = run_empirical_audit(
+        args.run_dir,
+        no_dp=args.no_dp,
+        canaries=args.canaries,
+        cache=Path(args.cache) if args.cache else None,
+        progress=say,
+    )
+    payload = {
+        **res.to_dict(),
+        "epsilon_accounted_of_run": base["event_level"]["epsilon_max"],
+        "exceeds_accounted": res.epsilon_lower_bound > base["event_level"]["epsilon_max"],
+    }
+    report_path = Path(args.run_dir) / "audit.json"
+    report = _json.loads(report_path.read_text(encoding="utf-8"))
+    report.setdefault("empirical", {})["nodp" if args.no_dp else "dp"] = payload
+    report_path.write_text(
+        _json.dumps(report, indent=1, sort_keys=True, default=str) + "\n", encoding="utf-8"
+    )
+
+    def human() -> None:
+        kind = "WITHOUT noise (--no-dp)" if args.no_dp else "with the run's noise"
+        print(
+            f"empirical audit {kind}: {res.canaries} canaries, {res.correct}/{res.guesses} membership guesses right"
+        )
+        print(f"  empirical lower bound on epsilon (95%): {res.epsilon_lower_bound:.3f}")
+        print(
+            f"  accounted epsilon of {args.run_dir}: {_fmt_eps(base['event_level']['epsilon_max'])}"
+        )
+        if args.no_dp and payload["exceeds_accounted"]:
+            print(
+                "  the lower bound exceeds the DP run's accounted epsilon: the audit detects missing noise."
+            )
+        elif not args.no_dp and not payload["exceeds_accounted"]:
+            print("  consistent: the lower bound stays below the accounted epsilon.")
+        print(f"wrote {report_path}")
+
+    _emit(args, payload, human)
+    return 0
 
 
 def _cmd_labels(args: argparse.Namespace) -> int:
@@ -591,8 +710,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     sim.add_argument("--no-dp", action="store_true", help="INSECURE: release without noise")
+    sim.add_argument(
+        "--adapter",
+        action="store_true",
+        help="train the low-rank adapter with DP-SGD (its spend counts in --epsilon)",
+    )
     sim.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
     sim.set_defaults(func=_cmd_simulate)
+
+    aud = sub.add_parser(
+        "audit", parents=[out], help="recompute every device's epsilon from the ledgers"
+    )
+    aud.add_argument("run_dir", nargs="?", help="a run directory written by simulate")
+    aud.add_argument("--store", help="audit one device store instead")
+    aud.add_argument(
+        "--budget",
+        type=_positive_float,
+        help="with --store: the device's budget (flag if exceeded)",
+    )
+    aud.add_argument("--delta", type=_share, default=None, help="delta (default: the run's)")
+    aud.add_argument(
+        "--accountant", choices=["pld", "rdp"], default=None, help="accountant (default: the run's)"
+    )
+    aud.add_argument("--strict", action="store_true", help="exit 1 when anything is flagged")
+    aud.add_argument(
+        "--empirical", action="store_true", help="canary run + one-run membership audit"
+    )
+    aud.add_argument(
+        "--no-dp", action="store_true", help="with --empirical: the canary run without noise"
+    )
+    aud.add_argument(
+        "--canaries",
+        type=_positive_int,
+        default=None,
+        help="with --empirical: canaries (default: one per client)",
+    )
+    aud.add_argument("--cache", help="embedding cache file")
+    aud.set_defaults(func=_cmd_audit)
 
     lab = sub.add_parser(
         "labels", parents=[out], help="embed a label vocabulary for the server (labels.npz)"

@@ -36,6 +36,7 @@ __all__ = [
     "catalogue_baseline",
     "centralized_baseline",
     "clustering_metrics",
+    "next_event_recall",
 ]
 
 METRIC_KEYS = (
@@ -182,3 +183,47 @@ def catalogue_baseline(
         tree=tree,
         prefix="catalogue",
     )
+
+
+def next_event_recall(
+    events: Sequence[Event],
+    vectors: npt.NDArray[np.float32],
+    *,
+    k: int = 10,
+    candidates: int = 100,
+    seed: int = 0,
+    max_queries: int = 3000,
+) -> float:
+    """Next-event retrieval recall@k: for consecutive events of a user (with different texts),
+    is the next event's text among the ``k`` nearest of itself plus ``candidates`` random
+    distinct texts of the dataset, ranked by cosine to the current event?
+
+    Args:
+        events: time-ordered within each user.
+        vectors: unit vectors of ``events``, shape ``(n, d)`` (with or without an adapter).
+    """
+    rng = np.random.default_rng(seed)
+    by_text: dict[str, int] = {}
+    for i, e in enumerate(events):
+        by_text.setdefault(e.text, i)
+    pool = np.fromiter(by_text.values(), dtype=np.int64)
+    last: dict[str, int] = {}
+    pairs = []
+    for i, e in enumerate(events):
+        j = last.get(e.user_id)
+        if j is not None and events[j].text != e.text:
+            pairs.append((j, i))
+        last[e.user_id] = i
+    if not pairs or len(pool) <= candidates:
+        return float("nan")
+    if len(pairs) > max_queries:
+        pairs = [pairs[i] for i in rng.choice(len(pairs), size=max_queries, replace=False)]
+    hits = 0
+    for q, target in pairs:
+        neg = pool[rng.choice(len(pool), size=candidates, replace=False)]
+        neg = neg[[events[int(n)].text != events[target].text for n in neg]]
+        cand = np.concatenate([[target], neg])
+        scores = vectors[cand] @ vectors[q]
+        rank = int((scores > scores[0]).sum())
+        hits += rank < k
+    return hits / len(pairs)

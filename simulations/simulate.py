@@ -32,6 +32,7 @@ import numpy as np
 from client.encoder import EncoderConfig, MiniLMEncoder, TextEncoder, encode_cached
 from client.release import RELEASE_WEIGHTING
 from client.store import EmbeddingCache, EventStore
+from common.adapter import AdapterWeights
 from common.config import RunConfig
 from common.errors import ConfigError
 from common.events import Event, EventType, iter_records
@@ -49,6 +50,7 @@ from simulations.evaluation import (
     catalogue_baseline,
     centralized_baseline,
     clustering_metrics,
+    next_event_recall,
 )
 
 __all__ = [
@@ -89,6 +91,9 @@ class SimulateOptions:
         taxonomy: a TSV label space instead of the project's vocabulary.
         overwrite: replace an existing run directory.
         noise_seed: seed the devices' DP noise (tests only: predictable noise is not private).
+        canaries: extra events per client index (the empirical audit's canaries).
+        device_budgets: per-client-index lifetime epsilon overriding the default budget.
+        evaluate: compute the metrics against the baselines (off for audit runs).
     """
 
     dataset: str = "synthetic"
@@ -102,6 +107,9 @@ class SimulateOptions:
     overwrite: bool = False
     noise_seed: int | None = None
     verbose: bool = False
+    canaries: dict[int, list[Event]] = field(default_factory=dict)
+    device_budgets: dict[int, float] = field(default_factory=dict)
+    evaluate: bool = True
 
 
 @dataclass
@@ -176,7 +184,7 @@ def embed_labels(
     """The vocabulary embedded with the devices' encoder and the run's projection."""
     vecs = encode_cached(encoder, cache, [lab.text for lab in vocabulary.labels])
     return LabelSpace(
-        vocabulary, projection(vecs), encoder.model_id, encoder.dim, projection.fingerprint
+        vocabulary, projection(vecs), encoder.model_id, encoder.dim, projection.fingerprint, vecs
     )
 
 
@@ -201,15 +209,20 @@ def _prepare_stores(
 
 
 def _settings_resolver(
-    stores: list[Path], budget: float | None, allow_no_dp: bool, noise_seed: int | None
+    stores: list[Path],
+    budget: float | None,
+    allow_no_dp: bool,
+    noise_seed: int | None,
+    overrides: dict[int, float],
 ) -> Callable[[Any], Any]:
     from client.app import DeviceSettings
 
     def settings_for(context: Any) -> DeviceSettings:
         pid = int(context.node_config["partition-id"])
         seed = None if noise_seed is None else noise_seed * 100_003 + pid
+        eps = overrides.get(pid, budget) if budget is not None else None
         return DeviceSettings(
-            stores[pid], budget_epsilon=budget, allow_no_dp=allow_no_dp, noise_seed=seed
+            stores[pid], budget_epsilon=eps, allow_no_dp=allow_no_dp, noise_seed=seed
         )
 
     return settings_for
@@ -264,6 +277,9 @@ def simulate(
         raise ConfigError(
             f"the dataset has {len(parts)} users; a run needs at least {run.min_clients}."
         )
+    for idx, extra in opts.canaries.items():
+        uid = list(parts)[idx]
+        parts[uid] = sorted([*parts[uid], *extra], key=lambda e: (e.timestamp, e.event_id))
     events = [e for evs in parts.values() for e in evs]
     say(
         f"dataset {bundle.name}: {len(events)} events of {len(parts)} users, {len(bundle.catalogue)} catalogue items"
@@ -303,8 +319,13 @@ def simulate(
                 {
                     "dataset": opts.dataset,
                     "clients": len(parts),
+                    "events_per_user": opts.events_per_user,
                     "run": asdict(run),
                     "vocabulary": vocabulary.name,
+                    "device_budget_epsilon": None
+                    if run.privacy.no_dp
+                    else run.privacy.device_budget_epsilon,
+                    "device_budgets": {str(k): v for k, v in opts.device_budgets.items()},
                 }
             ),
             indent=1,
@@ -323,7 +344,7 @@ def simulate(
         )
 
     metrics = _metrics(
-        opts, run, bundle, events, encoder, cache, projection, labels, h, summaries, len(parts)
+        opts, run, bundle, events, encoder, cache, projection, labels, h, summaries, len(parts), out
     )
     metrics["wall_seconds"] = round(time.perf_counter() - t0, 2)
     metrics["timing"] = {
@@ -335,6 +356,15 @@ def simulate(
     )
     cache.close()
     return metrics
+
+
+def _final_adapter(run_dir: Path) -> AdapterWeights | None:
+    path = run_dir / "adapter.npz"
+    if not path.exists():
+        return None
+    with np.load(path) as z:
+        w = AdapterWeights(z["a"], z["b"])
+    return None if w.is_identity() else w
 
 
 def _hashes(texts: list[str]) -> list[str]:
@@ -373,7 +403,9 @@ def _run_flower(
 
     p = run.privacy
     budget = None if p.no_dp else p.device_budget_epsilon
-    client = build_client_app(_settings_resolver(stores, budget, p.no_dp, opts.noise_seed))
+    client = build_client_app(
+        _settings_resolver(stores, budget, p.no_dp, opts.noise_seed, opts.device_budgets)
+    )
     server = build_server_app(
         run, labels, out, expected_nodes=len(stores), on_round=on_round, on_reply=on_reply
     )
@@ -407,6 +439,7 @@ def _metrics(
     h: Hierarchy,
     summaries: list[RoundSummary],
     clients: int,
+    out_dir: Path,
 ) -> dict[str, Any]:
     p = run.privacy
     done = [s for s in summaries if s.status == "ok"]
@@ -438,10 +471,24 @@ def _metrics(
         "level1_nodes": len(h.level(1)),
         "level2_nodes": len(h.level(2)),
     }
+    raw = encode_cached(encoder, cache, [e.text for e in events])
+    vectors = projection(raw)
+    adapter = _final_adapter(out_dir)
+    fed_vectors = projection(adapter.apply(raw)) if adapter is not None else vectors
+    if run.adapter.enabled and adapter is not None:
+        out["adapter"] = {
+            "update_norm_total": round(
+                adapter.minus(
+                    AdapterWeights.initial(encoder.dim, run.adapter.rank, run.adapter.seed)
+                ),
+                6,
+            ),
+            "next_event_recall10": next_event_recall(events, fed_vectors, seed=run.seed),
+            "next_event_recall10_without": next_event_recall(events, vectors, seed=run.seed),
+        }
     truth = GroundTruth.from_events(events)
-    if truth is None:
+    if truth is None or not opts.evaluate:
         return out
-    vectors = projection(encode_cached(encoder, cache, [e.text for e in events]))
     weights = weights_for_events(
         events, reference_time=0.0, config=replace(RELEASE_WEIGHTING, max_weight=p.max_weight)
     )
@@ -460,7 +507,7 @@ def _metrics(
         else vectors[:0]
     )
     results = {
-        "federated": clustering_metrics(vectors, h, truth),
+        "federated": clustering_metrics(fed_vectors, h, truth),
         "centralized": clustering_metrics(vectors, central, truth),
     }
     if len(cat_vecs):

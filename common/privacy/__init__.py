@@ -11,6 +11,7 @@ from common.privacy.accounting import (
 )
 from common.privacy.ledger import LedgerEntry, Mechanism, Scope
 from common.privacy.mechanisms import (
+    calibrate_release_multiplier,
     clip_rows,
     clip_total,
     gaussian_noise,
@@ -24,6 +25,7 @@ __all__ = [
     "Mechanism",
     "PrivacyBudget",
     "Scope",
+    "calibrate_release_multiplier",
     "check_budget",
     "clip_rows",
     "clip_total",

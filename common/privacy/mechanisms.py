@@ -26,6 +26,7 @@ import numpy.typing as npt
 from common.errors import ConfigError
 
 __all__ = [
+    "calibrate_release_multiplier",
     "clip_rows",
     "clip_total",
     "gaussian_noise",
@@ -101,6 +102,75 @@ def noise_multiplier_for_rounds(*, epsilon: float, delta: float, rounds: int) ->
     if not (isinstance(rounds, int) and rounds >= 1):
         raise ConfigError(f"`rounds` must be an int >= 1. Found {rounds!r}.")
     return _single_gaussian_multiplier(round(epsilon, 12), delta) * math.sqrt(rounds)
+
+
+def calibrate_release_multiplier(
+    *,
+    epsilon: float,
+    delta: float,
+    rounds: int,
+    other: tuple[tuple[float, float, int], ...] = (),
+    accountant: str = "pld",
+) -> float:
+    """The Gaussian multiplier ``z`` of ``rounds`` leaf-sum releases such that, composed with
+    the other event-level mechanisms of the run, the total is at most ``epsilon``.
+
+    Args:
+        other: the other mechanisms as ``(noise_multiplier, sample_rate, steps)`` triples
+            (e.g. the adapter's DP-SGD per round, already in event-level terms).
+
+    Raises:
+        ConfigError: when the other mechanisms alone already spend ``epsilon``.
+    """
+    _positive(epsilon, "epsilon")
+    if not other:
+        return noise_multiplier_for_rounds(epsilon=epsilon, delta=delta, rounds=rounds)
+    return _calibrate_with_others(round(epsilon, 12), delta, rounds, tuple(other), accountant)
+
+
+@lru_cache(maxsize=64)
+def _calibrate_with_others(
+    epsilon: float,
+    delta: float,
+    rounds: int,
+    other: tuple[tuple[float, float, int], ...],
+    accountant: str,
+) -> float:
+    from common.privacy.accounting import epsilon_of_entries
+    from common.privacy.ledger import LedgerEntry, Mechanism
+
+    base = [LedgerEntry(Mechanism.DPSGD, z, 1.0, sample_rate=q, steps=s) for z, q, s in other]
+    alone = epsilon_of_entries(base, delta=delta, accountant=accountant)
+    if alone >= epsilon:
+        raise ConfigError(
+            f"the adapter's DP-SGD alone spends epsilon {alone:.3f} >= the run's {epsilon:.3f}; "
+            "raise the adapter noise, lower its steps or sample rate, or disable it."
+        )
+
+    def total(z: float) -> float:
+        return epsilon_of_entries(
+            [*base, LedgerEntry(Mechanism.GAUSSIAN_SUM, z, 1.0, steps=rounds)],
+            delta=delta,
+            accountant=accountant,
+        )
+
+    lo = noise_multiplier_for_rounds(
+        epsilon=epsilon, delta=delta, rounds=rounds
+    )  # too little noise
+    hi = lo * 2
+    while total(hi) > epsilon:
+        lo, hi = hi, hi * 2
+        if hi > 1e6:
+            raise ConfigError(
+                f"no release noise reaches epsilon={epsilon} with the other mechanisms."
+            )
+    while hi / lo > 1.005:
+        mid = math.sqrt(lo * hi)
+        if total(mid) > epsilon:
+            lo = mid
+        else:
+            hi = mid
+    return hi
 
 
 @lru_cache(maxsize=256)
