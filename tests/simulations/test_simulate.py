@@ -193,7 +193,7 @@ def test_secagg_sum_equals_the_sum_of_noisy_releases(tmp_path: Path) -> None:
             MeteredGrid(grid, keep),
             context,
             list(grid.get_node_ids()),
-            centroids=np.zeros((3, 6), dtype=np.float32),
+            arrays=[np.zeros((3, 6), dtype=np.float32)],
             config={"server-round": 1},
             server_round=1,
             clipping_range=20.0,
