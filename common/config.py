@@ -152,7 +152,7 @@ class AdapterConfig:
     enabled: bool = False
     rank: int = 8
     seed: int = 7
-    noise_multiplier: float = 8.0
+    noise_multiplier: float = 12.0
     max_grad_norm: float = 1.0
     sample_rate: float = 0.05
     steps: int = 10

@@ -216,3 +216,46 @@ def test_secagg_sum_equals_the_sum_of_noisy_releases(tmp_path: Path) -> None:
         assert arr.tobytes() not in flat
         for f in flat:
             assert f not in arr.tobytes()
+
+
+def test_adapter_round_trip_in_simulation(tmp_path: Path, cache: Path) -> None:
+    """With the adapter on: devices record DP-SGD in their ledgers, the server averages the
+    updates with server-side DP noise and records it at user level, adapter replies stay
+    within their allow-list, and the run's epsilon still meets the budget."""
+    from common.config import AdapterConfig
+    from common.privacy import Mechanism, Scope
+    from common.records import ADAPTER_ARRAYS, ADAPTER_METRICS
+    from server.storage import ServerStorage
+
+    replies: list[Any] = []
+    out = tmp_path / "run"
+    opts = _options(out, cache, ReleaseMode.LOCAL)
+    opts = SimulateOptions(
+        **{
+            **opts.__dict__,
+            "run": RunConfig(
+                rounds=2,
+                seed=3,
+                privacy=PrivacyConfig(epsilon=3.0, mode=ReleaseMode.LOCAL),
+                adapter=AdapterConfig(enabled=True, steps=3),
+            ),
+        }
+    )
+    metrics = simulate(opts, on_reply=replies.append)
+    assert metrics["rounds_completed"] == 2 and metrics["epsilon_event_level_total"] <= 3.0 + 1e-6
+    assert "next_event_recall10" in metrics["adapter"]
+    for p in sorted((out / "clients").glob("*.db")):
+        with EventStore(p, create=False) as s:
+            kinds = sorted(e.mechanism.value for e in s.ledger())
+        assert kinds == ["dpsgd", "dpsgd", "gaussian_sum", "gaussian_sum"]
+    with ServerStorage(out / "server.db") as st:
+        user = [e for e in st.ledger() if e.scope is Scope.USER]
+    assert sum(e.mechanism is Mechanism.SERVER_GAUSSIAN for e in user) == 2
+    adapter_replies = [r for r in replies if ADAPTER_ARRAYS in r.content.array_records]
+    assert len(adapter_replies) == 12
+    for r in adapter_replies:
+        k = _record_keys(r)
+        assert set(k["arrays"][ADAPTER_ARRAYS]) == {"a", "b"}
+        assert k["metrics"] == {ADAPTER_METRICS: {"num-examples": 1}}
+        assert set(k["configs"]) == {REPLY_META}
+    assert (out / "adapter.npz").is_file()
