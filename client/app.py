@@ -28,7 +28,14 @@ from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 
 from client.encoder import EncoderConfig, MiniLMEncoder, TextEncoder
-from client.release import ReleaseOutcome, ReleaseParams, ReleaseRefusedError, release_round
+from client.release import (
+    ReleaseOutcome,
+    ReleaseParams,
+    ReleaseRefusedError,
+    count_release,
+    histogram_release,
+    release_round,
+)
 from client.store import EventStore
 from common.adapter import AdapterWeights
 from common.errors import BudgetExceededError, ConfigError
@@ -44,14 +51,18 @@ from common.records import (
     ADAPTER_NEGATIVES,
     ADAPTER_WEIGHT_KEY,
     CENTROIDS,
+    COUNTS,
+    HISTOGRAM,
     REPLY_ARRAYS,
     REPLY_META,
     ROUND_CONFIG,
     SUMS,
     AdapterKeys,
+    ReleaseTask,
     ReplyKeys,
     ReplyStatus,
     RoundKeys,
+    decode_ids,
 )
 
 __all__ = [
@@ -156,6 +167,43 @@ def _run_release(
         )
 
 
+def _dispatch(
+    settings: DeviceSettings, cfg: dict[str, Any], first: np.ndarray, adapter: AdapterWeights | None
+) -> ReleaseOutcome:
+    """Runs the release the round's ``task`` asks for (leaf sums, item counts, histogram)."""
+    task = cfg.get(RoundKeys.TASK, ReleaseTask.LEAF_SUMS.value)
+    if task == ReleaseTask.LEAF_SUMS.value:
+        return _run_release(settings, cfg, first, adapter)
+    params = ReleaseParams.from_config(cfg, allow_no_dp=settings.allow_no_dp)
+    budget = _budget(settings, params.delta)
+    seed = _rng_seed(settings, 7919 * params.server_round + len(task))
+    rng = np.random.default_rng(seed) if seed is not None else np.random.default_rng()
+    if not settings.store.exists():
+        raise ConfigError(f"device store {str(settings.store)!r} does not exist.")
+    with EventStore(settings.store, create=False) as store:
+        if params.task is ReleaseTask.ITEM_COUNTS:
+            try:
+                catalogue = decode_ids(first)
+            except (UnicodeDecodeError, ValueError) as err:
+                raise ReleaseRefusedError(
+                    f"the catalogue array is not UTF-8 item ids: {err}."
+                ) from None
+            if not catalogue:
+                raise ReleaseRefusedError("an item-count round needs the catalogue's item ids.")
+            return count_release(store, params, catalogue, budget=budget, rng=rng)
+        top_k = cfg.get(RoundKeys.TOP_K, 1)
+        return histogram_release(
+            store,
+            params,
+            first,
+            top_k=int(top_k) if isinstance(top_k, int) else 1,
+            encoder=_encoder(settings.model_dir),
+            budget=budget,
+            rng=rng,
+            adapter=None if adapter is None or adapter.is_identity() else adapter,
+        )
+
+
 def _pack(w: AdapterWeights) -> bytes:
     import io
 
@@ -208,20 +256,21 @@ def build_client_app(
         settings = settings_for(context)
         # budget and refusals raise: the SecAgg+ stage turns that into an error reply and the
         # device drops out of this round's sum without releasing anything
-        outcome = _run_release(settings, cfg, arrays[0], adapter)
+        outcome = _dispatch(settings, cfg, arrays[0], adapter)
         return Message(to_fitres(outcome.sums, _meta(ReplyStatus.OK, cfg)), reply_to=msg)
 
-    @client.train("interests")
-    def train_local(msg: Message, context: Context) -> Message:
+    def _local(msg: Message, context: Context, array_key: str) -> Message:
         cfg = dict(msg.content.config_records[ROUND_CONFIG])
-        centroids = msg.content.array_records[CENTROIDS][CENTROIDS].numpy()
+        first = np.zeros(1, dtype=np.float32)
+        if CENTROIDS in msg.content.array_records:
+            first = msg.content.array_records[CENTROIDS][CENTROIDS].numpy()
         adapter = None
         if ADAPTER in msg.content.array_records:
             rec = msg.content.array_records[ADAPTER]
             adapter = AdapterWeights(rec[ADAPTER_A].numpy(), rec[ADAPTER_B].numpy())
         settings = settings_for(context)
         try:
-            outcome = _run_release(settings, cfg, centroids, adapter)
+            outcome = _dispatch(settings, cfg, first, adapter)
         except BudgetExceededError as err:
             log.warning("device %s: %s", settings.store.name, err)
             return Message(
@@ -237,12 +286,24 @@ def build_client_app(
         content = RecordDict(
             {
                 REPLY_ARRAYS: ArrayRecord(
-                    {SUMS: Array(np.ascontiguousarray(outcome.sums, dtype=np.float32))}
+                    {array_key: Array(np.ascontiguousarray(outcome.sums, dtype=np.float32))}
                 ),
                 REPLY_META: ConfigRecord(_meta(ReplyStatus.OK, cfg)),
             }
         )
         return Message(content, reply_to=msg)
+
+    @client.train("interests")
+    def train_local(msg: Message, context: Context) -> Message:
+        return _local(msg, context, SUMS)
+
+    @client.train("counts")
+    def train_counts(msg: Message, context: Context) -> Message:
+        return _local(msg, context, COUNTS)
+
+    @client.query("histogram")
+    def query_histogram(msg: Message, context: Context) -> Message:
+        return _local(msg, context, HISTOGRAM)
 
     @client.train("adapter")
     def train_adapter_step(msg: Message, context: Context) -> Message:

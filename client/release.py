@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,14 +56,16 @@ from common.privacy import (
     gaussian_noise,
 )
 from common.projection import PublicProjection
-from common.records import ReleaseMode, RoundKeys
+from common.records import TASK_SENSITIVITY, ReleaseMode, ReleaseTask, RoundKeys
 
 __all__ = [
     "RELEASE_WEIGHTING",
     "ReleaseOutcome",
     "ReleaseParams",
     "ReleaseRefusedError",
+    "count_release",
     "event_vectors",
+    "histogram_release",
     "leaf_sums",
     "release_round",
 ]
@@ -72,6 +74,7 @@ __all__ = [
 RELEASE_WEIGHTING = WeightingConfig(half_life_days=None)
 
 _STATE_RELEASE = "release:{round}:{version}"
+_STATE_AUX = "release-{task}:{round}:{version}"
 
 
 class ReleaseRefusedError(ConfigError):
@@ -101,11 +104,14 @@ class ReleaseParams:
     projection_dim: int
     projection_fingerprint: str
     delta: float
+    task: ReleaseTask = ReleaseTask.LEAF_SUMS
 
     @property
     def sensitivity(self) -> float:
-        """Event-level L2 sensitivity of the release: ``clipping_norm * max_weight``."""
-        return self.clipping_norm * self.max_weight
+        """Event-level L2 sensitivity of this task's release (see :data:`TASK_SENSITIVITY`)."""
+        if self.task is ReleaseTask.LEAF_SUMS:
+            return self.clipping_norm * self.max_weight
+        return TASK_SENSITIVITY[self.task]
 
     @property
     def required_noise_std(self) -> float:
@@ -135,6 +141,13 @@ class ReleaseParams:
             return v
 
         try:
+            task = ReleaseTask(cfg.get(RoundKeys.TASK, ReleaseTask.LEAF_SUMS.value))
+        except ValueError:
+            raise ReleaseRefusedError(
+                f"round config `{RoundKeys.TASK}` must be one of {[t.value for t in ReleaseTask]}. "
+                f"Found {cfg.get(RoundKeys.TASK)!r}."
+            ) from None
+        try:
             mode = ReleaseMode(get(RoundKeys.MODE, str))
         except ValueError:
             raise ReleaseRefusedError(
@@ -155,6 +168,7 @@ class ReleaseParams:
             projection_dim=get(RoundKeys.PROJECTION_DIM, int),
             projection_fingerprint=get(RoundKeys.PROJECTION_FINGERPRINT, str),
             delta=get(RoundKeys.DELTA, float),
+            task=task,
         )
         p.check(allow_no_dp=allow_no_dp)
         return p
@@ -193,13 +207,19 @@ class ReleaseParams:
             )
 
     def ledger_entry(self) -> LedgerEntry:
+        kinds = {
+            ReleaseTask.LEAF_SUMS: Mechanism.GAUSSIAN_SUM,
+            ReleaseTask.ITEM_COUNTS: Mechanism.GAUSSIAN_COUNT,
+            ReleaseTask.HISTOGRAM: Mechanism.GAUSSIAN_HISTOGRAM,
+        }
         return LedgerEntry(
-            mechanism=Mechanism.NON_PRIVATE if self.non_private else Mechanism.GAUSSIAN_SUM,
+            mechanism=Mechanism.NON_PRIVATE if self.non_private else kinds[self.task],
             noise_multiplier=self.noise_multiplier,
             sensitivity=self.sensitivity,
             server_round=self.server_round,
             scope=Scope.EVENT,
             details={
+                "task": self.task.value,
                 "mode": self.mode.value,
                 "min_cohort": self.min_cohort,
                 "noise_std": self.noise_std,
@@ -310,35 +330,63 @@ def release_round(
             f"centroids must be finite with shape (k, {params.projection_dim}). Found {c.shape}."
         )
     key = _STATE_RELEASE.format(round=params.server_round, version=params.hierarchy_version)
+
+    def compute() -> npt.NDArray[np.float32]:
+        events = store.events()
+        vectors = event_vectors(events, store, encoder, projection, adapter)
+        weights = (
+            weights_for_events(events, reference_time=0.0, config=weighting)
+            if events
+            else np.zeros(0)
+        )
+        assignment = assign_public(vectors, c, residual_threshold=params.residual_threshold)
+        return leaf_sums(
+            vectors,
+            weights,
+            assignment,
+            c.shape[0] + 1,
+            clipping_norm=params.clipping_norm,
+            max_weight=min(params.max_weight, weighting.max_weight),
+        )
+
+    return _finalize(
+        store,
+        params,
+        key,
+        (c.shape[0] + 1, params.projection_dim),
+        compute,
+        budget,
+        rng,
+        checkpoint,
+    )
+
+
+def _finalize(
+    store: EventStore,
+    params: ReleaseParams,
+    key: str,
+    shape: tuple[int, ...],
+    compute: Callable[[], npt.NDArray[np.float32]],
+    budget: PrivacyBudget | None,
+    rng: np.random.Generator,
+    checkpoint: Callable[[str], None] | None,
+) -> ReleaseOutcome:
+    """The common tail of every release: replay a stored one, else check the budget, compute,
+    clip to the user bound, noise, and commit the ledger entry with the release before it is
+    returned for sending."""
     stored = store.get_state(key)
     if stored is not None:
         sums = np.load(io.BytesIO(stored), allow_pickle=False)
-        if sums.shape == (c.shape[0] + 1, params.projection_dim):
+        if sums.shape == shape:
             spent = _spent(store, budget) if budget is not None else math.inf
             return ReleaseOutcome(sums.astype(np.float32), spent, reused=True)
-
     entry = params.ledger_entry()
-    spent_entries = store.ledger()
     # raises BudgetExceededError before anything is computed or recorded
-    epsilon_after = check_budget(spent_entries, [entry], budget) if budget is not None else math.inf
-
-    events = store.events()
-    vectors = event_vectors(events, store, encoder, projection, adapter)
-    weights = (
-        weights_for_events(events, reference_time=0.0, config=weighting) if events else np.zeros(0)
+    epsilon_after = (
+        check_budget(store.ledger(), [entry], budget) if budget is not None else math.inf
     )
-    assignment = assign_public(vectors, c, residual_threshold=params.residual_threshold)
-    sums = leaf_sums(
-        vectors,
-        weights,
-        assignment,
-        c.shape[0] + 1,
-        clipping_norm=params.clipping_norm,
-        max_weight=min(params.max_weight, weighting.max_weight),
-    )
-    sums = clip_total(sums, params.user_clipping_norm)
-    noisy = (sums + gaussian_noise(sums.shape, params.noise_std, rng)).astype(np.float32)
-
+    noiseless = clip_total(compute(), params.user_clipping_norm)
+    noisy = (noiseless + gaussian_noise(noiseless.shape, params.noise_std, rng)).astype(np.float32)
     buf = io.BytesIO()
     np.save(buf, noisy, allow_pickle=False)
     if checkpoint is not None:
@@ -349,6 +397,89 @@ def release_round(
     if checkpoint is not None:
         checkpoint("after_ledger")
     return ReleaseOutcome(noisy, epsilon_after)
+
+
+def count_release(
+    store: EventStore,
+    params: ReleaseParams,
+    catalogue: Sequence[str],
+    *,
+    budget: PrivacyBudget | None,
+    rng: np.random.Generator,
+) -> ReleaseOutcome:
+    """Item popularity: how many of this device's events touch each public catalogue item.
+
+    Each event adds 1 to at most one count (event-level sensitivity 1); the vector is clipped
+    to the user bound; noise as for the leaf sums.
+
+    Args:
+        catalogue: the public item ids, in the server's order.
+    """
+    _check_task(params, ReleaseTask.ITEM_COUNTS)
+    key = _STATE_AUX.format(
+        task=params.task.value, round=params.server_round, version=params.hierarchy_version
+    )
+    index = {item: i for i, item in enumerate(catalogue)}
+
+    def compute() -> npt.NDArray[np.float32]:
+        out = np.zeros(len(catalogue), dtype=np.float32)
+        for e in store.iter_events():
+            i = index.get(e.item_id or "")
+            if i is not None:
+                out[i] += 1.0
+        return out
+
+    return _finalize(store, params, key, (len(catalogue),), compute, budget, rng, None)
+
+
+def histogram_release(
+    store: EventStore,
+    params: ReleaseParams,
+    group_centroids: npt.NDArray[np.float32],
+    *,
+    top_k: int,
+    encoder: TextEncoder,
+    budget: PrivacyBudget | None,
+    rng: np.random.Generator,
+    adapter: Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]] | None = None,
+) -> ReleaseOutcome:
+    """Population analytics: this device's top-``k`` broad interests as a k-hot vector of L2
+    norm 1 (all-zero without events).
+
+    Any two such vectors differ by at most sqrt(2) in L2, whatever the data: event-level
+    sensitivity sqrt(2), user-level sensitivity 1.
+    """
+    _check_task(params, ReleaseTask.HISTOGRAM)
+    projection = PublicProjection(encoder.dim, params.projection_dim, params.projection_seed)
+    g = np.asarray(group_centroids, dtype=np.float32)
+    if g.ndim != 2 or g.shape[1] != params.projection_dim or not 1 <= top_k <= g.shape[0]:
+        raise ReleaseRefusedError(
+            f"histogram needs (groups, {params.projection_dim}) centroids and 1 <= k <= groups."
+        )
+    key = _STATE_AUX.format(
+        task=params.task.value, round=params.server_round, version=params.hierarchy_version
+    )
+
+    def compute() -> npt.NDArray[np.float32]:
+        out = np.zeros(g.shape[0], dtype=np.float32)
+        events = store.events()
+        if not events:
+            return out
+        vectors = event_vectors(events, store, encoder, projection, adapter)
+        weights = weights_for_events(events, reference_time=0.0, config=RELEASE_WEIGHTING)
+        mass = np.bincount(np.argmax(vectors @ g.T, axis=1), weights=weights, minlength=g.shape[0])
+        top = np.argsort(-mass)[:top_k]
+        out[top] = 1.0 / math.sqrt(top_k)
+        return out
+
+    return _finalize(store, params, key, (g.shape[0],), compute, budget, rng, None)
+
+
+def _check_task(params: ReleaseParams, task: ReleaseTask) -> None:
+    if params.task is not task:
+        raise ReleaseRefusedError(
+            f"expected a {task.value} round. Found task {params.task.value!r}."
+        )
 
 
 def _spent(store: EventStore, budget: PrivacyBudget) -> float:

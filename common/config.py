@@ -15,7 +15,7 @@ from common.errors import ConfigError
 from common.projection import DEFAULT_OUTPUT_DIM, DEFAULT_SEED
 from common.records import ReleaseMode
 
-__all__ = ["AdapterConfig", "ClusteringConfig", "PrivacyConfig", "RunConfig"]
+__all__ = ["AdapterConfig", "AnalyticsConfig", "ClusteringConfig", "PrivacyConfig", "RunConfig"]
 
 
 def _pos(v: float, name: str) -> None:
@@ -188,6 +188,37 @@ class AdapterConfig:
 
 
 @dataclass(frozen=True)
+class AnalyticsConfig:
+    """Population-level releases besides the tree (each one more Gaussian release in the
+    run's event-level epsilon).
+
+    Attributes:
+        popularity: in the last round, release DP item counts over the public catalogue (the
+            popularity prior of recommendation scoring).
+        histogram: after every round, release each device's top-k broad interests (DP counts
+            of devices per level-1 node: how interest shares change over rounds).
+        top_k: the k of the histogram.
+        popularity_noise_factor / histogram_noise_factor: these releases use the tree's noise
+            multiplier times this factor (head items and node counts are large, so they take
+            more noise; a release at ``f z`` costs ``1 / f^2`` of a tree round).
+    """
+
+    popularity: bool = True
+    histogram: bool = False
+    top_k: int = 1
+    popularity_noise_factor: float = 3.0
+    histogram_noise_factor: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.top_k, int) and self.top_k >= 1):
+            raise ConfigError(f"`top_k` must be an int >= 1. Found {self.top_k!r}.")
+        for name in ("popularity_noise_factor", "histogram_noise_factor"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v >= 1):
+                raise ConfigError(f"`{name}` must be >= 1. Found {v!r}.")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """A federated run.
 
@@ -208,6 +239,16 @@ class RunConfig:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    analytics: AnalyticsConfig = field(default_factory=AnalyticsConfig)
+
+    def gaussian_releases(self, *, popularity: bool) -> float:
+        """Equivalent Gaussian releases a device makes over the run (tree rounds, popularity,
+        histograms; a release at ``f z`` counts ``1 / f^2``): the tree's multiplier ``z`` is
+        calibrated so that all of them together meet the run's epsilon."""
+        a = self.analytics
+        pop = (1.0 / a.popularity_noise_factor**2) if (popularity and a.popularity) else 0.0
+        hist = (self.rounds / a.histogram_noise_factor**2) if a.histogram else 0.0
+        return self.rounds + pop + hist
 
     def __post_init__(self) -> None:
         if not (
@@ -228,7 +269,7 @@ class RunConfig:
         out: dict[str, Any] = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            if isinstance(v, (PrivacyConfig, ClusteringConfig, AdapterConfig)):
+            if isinstance(v, (PrivacyConfig, ClusteringConfig, AdapterConfig, AnalyticsConfig)):
                 for k, sub in asdict(v).items():
                     if sub is not None:
                         out[f"{f.name}-{k}".replace("_", "-")] = (
@@ -245,6 +286,7 @@ class RunConfig:
             "privacy": PrivacyConfig,
             "clustering": ClusteringConfig,
             "adapter": AdapterConfig,
+            "analytics": AnalyticsConfig,
         }
         known: dict[str, tuple[str | None, str]] = {
             f.name.replace("_", "-"): (None, f.name) for f in fields(cls) if f.name not in nested

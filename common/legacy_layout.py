@@ -21,9 +21,7 @@ def fitins_for_devices(arrays: list[npt.NDArray[np.float32]], config: Mapping[st
     ``[centroids]`` or ``[centroids, adapter_a, adapter_b]``."""
     from flwr.common import FitIns, ndarrays_to_parameters
 
-    return FitIns(
-        ndarrays_to_parameters([np.asarray(a, dtype=np.float32) for a in arrays]), dict(config)
-    )
+    return FitIns(ndarrays_to_parameters([_wire(a) for a in arrays]), dict(config))
 
 
 def read_fitins(content: Any) -> tuple[list[npt.NDArray[np.float32]], dict[str, Any]]:
@@ -37,7 +35,13 @@ def read_fitins(content: Any) -> tuple[list[npt.NDArray[np.float32]], dict[str, 
         raise ValueError(
             f"expected centroids (and an adapter) in fitins. Found {len(arrays)} arrays."
         )
-    return [np.asarray(a, dtype=np.float32) for a in arrays], dict(fitins.config)
+    return [_wire(a) for a in arrays], dict(fitins.config)
+
+
+def _wire(a: Any) -> Any:
+    """float32 for vectors; uint8 (encoded ids) travels as it is."""
+    arr = np.asarray(a)
+    return arr if arr.dtype == np.uint8 else arr.astype(np.float32)
 
 
 def to_fitres(release: npt.NDArray[np.floating], metadata: Mapping[str, Any]) -> Any:

@@ -14,6 +14,7 @@ from common.errors import ConfigError
 __all__ = [
     "adjusted_rand_index",
     "auc",
+    "classification_scores",
     "dendrogram_purity",
     "ndcg_at_k",
     "normalized_mutual_info",
@@ -176,3 +177,33 @@ def auc(scores: npt.ArrayLike, relevant: npt.ArrayLike) -> float:
         i = j + 1
     r_pos = ranks[y].sum()
     return float((r_pos - pos.size * (pos.size + 1) / 2) / (pos.size * neg.size))
+
+
+def classification_scores(truth: Sequence[Hashable], pred: Sequence[Hashable]) -> dict[str, float]:
+    """Accuracy and macro-averaged precision, recall and F1 over the true classes
+    (a class never predicted has precision 0)."""
+    if len(truth) != len(pred) or not truth:
+        raise ConfigError(
+            f"`truth` and `pred` must be non-empty and equally long. Found {len(truth)} and {len(pred)}."
+        )
+    t = [str(x) for x in truth]
+    p = [str(x) for x in pred]
+    classes = sorted(set(t))
+    acc = sum(a == b for a, b in zip(t, p, strict=True)) / len(t)
+    prec, rec, f1 = [], [], []
+    for c in classes:
+        tp = sum(a == c and b == c for a, b in zip(t, p, strict=True))
+        fp = sum(a != c and b == c for a, b in zip(t, p, strict=True))
+        fn = sum(a == c and b != c for a, b in zip(t, p, strict=True))
+        pc = tp / (tp + fp) if tp + fp else 0.0
+        rc = tp / (tp + fn) if tp + fn else 0.0
+        prec.append(pc)
+        rec.append(rc)
+        f1.append(2 * pc * rc / (pc + rc) if pc + rc else 0.0)
+    n = len(classes)
+    return {
+        "accuracy": acc,
+        "macro_precision": sum(prec) / n,
+        "macro_recall": sum(rec) / n,
+        "macro_f1": sum(f1) / n,
+    }

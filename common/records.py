@@ -20,7 +20,12 @@ Device -> server: **only** the noisy release (allow-list, checked by tests and b
 from __future__ import annotations
 
 import enum
-from typing import Final
+import math
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "ADAPTER",
@@ -31,25 +36,58 @@ __all__ = [
     "ADAPTER_METRICS",
     "ADAPTER_NEGATIVES",
     "ADAPTER_WEIGHT_KEY",
+    "CATALOGUE_KEY",
     "CENTROIDS",
+    "COUNTS",
+    "HISTOGRAM",
+    "MESSAGE_QUERY_HISTOGRAM",
     "MESSAGE_TRAIN_ADAPTER",
+    "MESSAGE_TRAIN_COUNTS",
     "MESSAGE_TRAIN_INTERESTS",
     "RELEASE_ARRAYS",
     "REPLY_ARRAYS",
     "REPLY_META",
     "ROUND_CONFIG",
     "SUMS",
+    "TASK_SENSITIVITY",
     "AdapterKeys",
     "ReleaseMode",
+    "ReleaseTask",
     "ReplyKeys",
     "ReplyStatus",
     "RoundKeys",
+    "decode_ids",
+    "encode_ids",
 ]
 
 #: Message type of a local-mode round (the secagg path uses Flower's ``train`` stages).
 MESSAGE_TRAIN_INTERESTS: Final = "train.interests"
 #: Message type of the adapter's DP-SGD step (after the release step of a round).
 MESSAGE_TRAIN_ADAPTER: Final = "train.adapter"
+#: Local-mode message types of the item-count and histogram releases.
+MESSAGE_TRAIN_COUNTS: Final = "train.counts"
+MESSAGE_QUERY_HISTOGRAM: Final = "query.histogram"
+#: The catalogue's item ids travel as one uint8 array (UTF-8, newline-separated): Flower's
+#: legacy SecAgg+ config cannot carry lists (see :func:`encode_ids` / :func:`decode_ids`).
+CATALOGUE_KEY: Final = "catalogue"
+
+
+def encode_ids(ids: list[str]) -> np.ndarray:
+    """Item ids -> a uint8 array (UTF-8, newline-separated)."""
+    import numpy as np
+
+    if any("\n" in i for i in ids):
+        raise ValueError("item ids must not contain newlines.")
+    return np.frombuffer("\n".join(ids).encode("utf-8"), dtype=np.uint8).copy()
+
+
+def decode_ids(arr: np.ndarray) -> list[str]:
+    """The inverse of :func:`encode_ids`."""
+    import numpy as np
+
+    raw = np.asarray(arr, dtype=np.uint8).tobytes()
+    return raw.decode("utf-8").split("\n") if raw else []
+
 
 ROUND_CONFIG: Final = "interests.config"
 CENTROIDS: Final = "centroids"
@@ -57,8 +95,10 @@ ADAPTER: Final = "adapter"
 REPLY_META: Final = "interests.meta"
 REPLY_ARRAYS: Final = "interests.release"
 SUMS: Final = "sums"
-#: Arrays a reply may carry.
-RELEASE_ARRAYS: Final = frozenset({SUMS})
+COUNTS: Final = "counts"
+HISTOGRAM: Final = "histogram"
+#: Arrays a reply may carry (one of them, by task).
+RELEASE_ARRAYS: Final = frozenset({SUMS, COUNTS, HISTOGRAM})
 #: The adapter's arrays (server -> device with every round; device -> server after DP-SGD).
 ADAPTER_A: Final = "a"
 ADAPTER_B: Final = "b"
@@ -69,6 +109,24 @@ ADAPTER_METRICS: Final = "metrics"
 ADAPTER_NEGATIVES: Final = "negatives"
 #: FedAvg's weighting key; devices report 1 (equal weights, no exact counts released).
 ADAPTER_WEIGHT_KEY: Final = "num-examples"
+
+
+class ReleaseTask(str, enum.Enum):
+    """What a release round asks the devices for (round config key ``task``)."""
+
+    LEAF_SUMS = "leaf-sums"
+    """Per public leaf, the weighted sum of the device's event vectors (the tree)."""
+    ITEM_COUNTS = "item-counts"
+    """Per public catalogue item, how many of the device's events touch it (popularity)."""
+    HISTOGRAM = "histogram"
+    """The device's top-k broad interests as a k-hot vector of norm 1 (population analytics)."""
+
+
+#: Event-level L2 sensitivity of the tasks other than the leaf sums (whose sensitivity is
+#: clipping_norm x max_weight): a count moves by 1; two k-hot unit vectors differ by <= sqrt(2).
+TASK_SENSITIVITY: Final = MappingProxyType(
+    {ReleaseTask.ITEM_COUNTS: 1.0, ReleaseTask.HISTOGRAM: math.sqrt(2.0)}
+)
 
 
 class ReleaseMode(str, enum.Enum):
@@ -98,6 +156,8 @@ class RoundKeys:
     PROJECTION_FINGERPRINT: Final = "projection-fingerprint"
     MAX_EVENTS: Final = "max-events"
     DELTA: Final = "delta"
+    TASK: Final = "task"
+    TOP_K: Final = "top-k"
 
 
 class AdapterKeys:

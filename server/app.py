@@ -40,6 +40,7 @@ def build_server_app(
     on_round: Callable[[RoundSummary], None] | None = None,
     on_done: Callable[[list[RoundSummary]], None] | None = None,
     on_reply: Callable[[Any], None] | None = None,
+    catalogue: list[str] | None = None,
 ) -> ServerApp:
     """A ServerApp running :class:`InterestServer` with the given settings (simulation)."""
     server = ServerApp()
@@ -55,6 +56,7 @@ def build_server_app(
                 expected_nodes=expected_nodes,
                 on_round=on_round,
                 on_reply=on_reply,
+                catalogue=catalogue,
             ).run(grid, context)
         if on_done is not None:
             on_done(summaries)

@@ -45,16 +45,23 @@ from common.records import (
     ADAPTER_A,
     ADAPTER_B,
     CENTROIDS,
+    COUNTS,
+    HISTOGRAM,
+    MESSAGE_QUERY_HISTOGRAM,
+    MESSAGE_TRAIN_COUNTS,
     MESSAGE_TRAIN_INTERESTS,
     RELEASE_ARRAYS,
     REPLY_ARRAYS,
     REPLY_META,
     ROUND_CONFIG,
     SUMS,
+    TASK_SENSITIVITY,
     ReleaseMode,
+    ReleaseTask,
     ReplyKeys,
     ReplyStatus,
     RoundKeys,
+    encode_ids,
 )
 from common.vocabulary import LabelSpace
 from server.adapter_fedavg import run_adapter_step
@@ -165,6 +172,7 @@ class RoundSummary:
     seconds: float = 0.0
     aggregation: dict[str, Any] = field(default_factory=dict)
     adapter: dict[str, Any] = field(default_factory=dict)
+    analytics: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -173,7 +181,8 @@ class RoundSummary:
 def validate_local_reply(
     msg: Message,
     *,
-    expected_shape: tuple[int, int],
+    expected_shape: tuple[int, ...],
+    array_key: str = SUMS,
     norm_bound: float,
     server_round: int,
     version: int,
@@ -225,25 +234,27 @@ def validate_local_reply(
         return None
     if REPLY_ARRAYS not in content.array_records:
         raise InvalidReleaseError("an ok reply needs its release arrays.")
+    if array_key not in RELEASE_ARRAYS:
+        raise InvalidReleaseError(f"`{array_key}` is not a release array.")
     arrays = content.array_records[REPLY_ARRAYS]
-    if set(arrays) != set(RELEASE_ARRAYS):
+    if set(arrays) != {array_key}:
         raise InvalidReleaseError(
-            f"release arrays must be exactly {sorted(RELEASE_ARRAYS)}. Found {sorted(arrays)}."
+            f"release arrays must be exactly ['{array_key}']. Found {sorted(arrays)}."
         )
-    arr = arrays[SUMS]
+    arr = arrays[array_key]
     if arr.dtype != "float32":
-        raise InvalidReleaseError(f"`{SUMS}` must be float32. Found {arr.dtype}.")
+        raise InvalidReleaseError(f"`{array_key}` must be float32. Found {arr.dtype}.")
     if tuple(arr.shape) != expected_shape:
         raise InvalidReleaseError(
-            f"`{SUMS}` must have shape {expected_shape}. Found {tuple(arr.shape)}."
+            f"`{array_key}` must have shape {expected_shape}. Found {tuple(arr.shape)}."
         )
     x = arr.numpy().astype(np.float64)
     if not np.isfinite(x).all():
-        raise InvalidReleaseError(f"`{SUMS}` has NaN or Inf values.")
+        raise InvalidReleaseError(f"`{array_key}` has NaN or Inf values.")
     norm = float(np.linalg.norm(x))
     if norm > norm_bound:
         raise InvalidReleaseError(
-            f"`{SUMS}` norm {norm:.3g} exceeds the bound {norm_bound:.3g} (user clip + noise)."
+            f"`{array_key}` norm {norm:.3g} exceeds the bound {norm_bound:.3g} (user clip + noise)."
         )
     return x
 
@@ -265,6 +276,7 @@ class InterestServer:
         wait_timeout: seconds to wait for them.
         on_round: called with each :class:`RoundSummary` (progress display).
         on_reply: called with every reply message the server receives (egress checks).
+        catalogue: the public item ids (the popularity release counts over them).
     """
 
     def __init__(
@@ -278,8 +290,11 @@ class InterestServer:
         wait_timeout: float = 120.0,
         on_round: Callable[[RoundSummary], None] | None = None,
         on_reply: Callable[[Message], None] | None = None,
+        catalogue: list[str] | None = None,
     ) -> None:
         self.on_reply = on_reply
+        self.catalogue = list(catalogue) if catalogue else None
+        self._aux_rounds: list[tuple[int, ReleaseTask]] = []
         self._adapter_rounds: list[int] = []
         self.run_cfg = run
         self.labels = labels
@@ -322,7 +337,7 @@ class InterestServer:
             else calibrate_release_multiplier(
                 epsilon=p.epsilon,
                 delta=p.delta,
-                rounds=run.rounds,
+                rounds=run.gaussian_releases(popularity=self.catalogue is not None),
                 other=self._adapter_event_terms(),
                 accountant=p.accountant,
             )
@@ -403,20 +418,28 @@ class InterestServer:
         return [nodes[i] for i in picks]  # ids stay Python ints (uint64 never goes through numpy)
 
     def round_config(
-        self, server_round: int, version: int, sampled: int
+        self,
+        server_round: int,
+        version: int,
+        sampled: int,
+        task: ReleaseTask = ReleaseTask.LEAF_SUMS,
     ) -> tuple[dict[str, Any], int]:
+        """The round config of one release task, and the minimum cohort it assumes."""
         p = self.run_cfg.privacy
         secagg = p.mode is ReleaseMode.SECAGG
         min_cohort = max(2, math.ceil(p.min_cohort_fraction * sampled)) if secagg else 1
-        full = self.noise_multiplier * p.sensitivity
+        sensitivity = p.sensitivity if task is ReleaseTask.LEAF_SUMS else TASK_SENSITIVITY[task]
+        z = self.noise_multiplier * self._factor(task)
+        full = z * sensitivity
         noise_std = full / math.sqrt(min_cohort) if secagg else full
         cfg = {
             RoundKeys.SERVER_ROUND: server_round,
             RoundKeys.HIERARCHY_VERSION: version,
+            RoundKeys.TASK: task.value,
             RoundKeys.MODE: p.mode.value,
             RoundKeys.CLIPPING_NORM: float(p.clipping_norm),
             RoundKeys.MAX_WEIGHT: float(p.max_weight),
-            RoundKeys.NOISE_MULTIPLIER: float(self.noise_multiplier),
+            RoundKeys.NOISE_MULTIPLIER: float(z),
             RoundKeys.NOISE_STD: float(noise_std),
             RoundKeys.MIN_COHORT: int(min_cohort),
             RoundKeys.USER_CLIPPING_NORM: float(p.user_clipping_norm),
@@ -427,6 +450,15 @@ class InterestServer:
             RoundKeys.DELTA: float(p.delta),
         }
         return cfg, min_cohort
+
+    def _factor(self, task: ReleaseTask) -> float:
+        """The task's noise multiplier relative to the tree's (see ``AnalyticsConfig``)."""
+        a = self.run_cfg.analytics
+        return {
+            ReleaseTask.LEAF_SUMS: 1.0,
+            ReleaseTask.ITEM_COUNTS: a.popularity_noise_factor,
+            ReleaseTask.HISTOGRAM: a.histogram_noise_factor,
+        }[task]
 
     def run_round(
         self,
@@ -483,6 +515,18 @@ class InterestServer:
         summary.live_leaves = len(new_h.leaves)
         summary.level1_nodes = len(new_h.level(1))
         summary.aggregation = diag.to_dict()
+        if self.run_cfg.analytics.histogram:
+            summary.analytics["histogram"] = self._histogram_step(
+                grid, context, sampled, server_round, new_h
+            )
+        if (
+            self.catalogue is not None
+            and self.run_cfg.analytics.popularity
+            and server_round == self.run_cfg.rounds
+        ):
+            summary.analytics["popularity"] = self._popularity_step(
+                grid, context, sampled, server_round, new_h.version
+            )
         summary.epsilon_event_level = self._epsilon_after(server_round)
         summary.seconds = time.perf_counter() - t0
         summary.bytes_up, summary.bytes_down = grid.bytes_up - up0, grid.bytes_down - down0
@@ -508,19 +552,55 @@ class InterestServer:
         cfg: dict[str, Any],
         min_cohort: int,
     ) -> tuple[npt.NDArray[np.float64] | None, int, Counter[str], Counter[str]]:
-        k, d = state.num_leaves, state.dim
-        noise_std = float(cfg[RoundKeys.NOISE_STD])
-        per_device_bound = self.run_cfg.privacy.user_clipping_norm + _noise_norm_bound(
-            noise_std, (k + 1) * d
-        )
-        failures: Counter[str] = Counter()
-        statuses: Counter[str] = Counter()
         arrays = [state.centroids]
         if self.adapter_cfg.enabled:
             arrays += [self.adapter.a, self.adapter.b]
+        return self._collect(
+            grid,
+            context,
+            sampled,
+            arrays,
+            cfg,
+            (state.num_leaves + 1, state.dim),
+            min_cohort,
+            array_key=SUMS,
+            message_type=MESSAGE_TRAIN_INTERESTS,
+        )
+
+    def _collect(
+        self,
+        grid: MeteredGrid,
+        context: Context,
+        sampled: list[int],
+        arrays: list[npt.NDArray[np.float32]],
+        cfg: dict[str, Any],
+        shape: tuple[int, ...],
+        min_cohort: int,
+        *,
+        array_key: str,
+        message_type: str,
+    ) -> tuple[npt.NDArray[np.float64] | None, int, Counter[str], Counter[str]]:
+        """The cohort's sum of one release task, under SecAgg+ or from validated local-mode
+        replies; ``(sum or None, usable, failures, statuses)``."""
+        noise_std = float(cfg[RoundKeys.NOISE_STD])
+        entries = int(np.prod(shape))
+        per_device_bound = self.run_cfg.privacy.user_clipping_norm + _noise_norm_bound(
+            noise_std, entries
+        )
+        failures: Counter[str] = Counter()
+        statuses: Counter[str] = Counter()
         if self.run_cfg.privacy.mode is not ReleaseMode.SECAGG:
             total, usable = self._local_sum(
-                grid, sampled, arrays, cfg, (k + 1, d), per_device_bound, failures, statuses
+                grid,
+                sampled,
+                arrays,
+                cfg,
+                shape,
+                per_device_bound,
+                failures,
+                statuses,
+                array_key=array_key,
+                message_type=message_type,
             )
             return total, usable, failures, statuses
         outcome = secagg_sum(
@@ -540,13 +620,121 @@ class InterestServer:
             statuses[str(meta.get(ReplyKeys.STATUS, "?"))] += 1
         total = outcome.total
         if total is not None:
-            if total.shape != (k + 1, d) or not np.isfinite(total).all():
+            if total.shape != shape or not np.isfinite(total).all():
                 failures["cohort sum malformed"] += 1
                 total = None
             elif float(np.linalg.norm(total)) > outcome.survivors * per_device_bound:
                 failures["cohort sum above its norm bound"] += 1
                 total = None
         return total, outcome.survivors, failures, statuses
+
+    def _popularity_step(
+        self,
+        grid: MeteredGrid,
+        context: Context,
+        sampled: list[int],
+        server_round: int,
+        version: int,
+    ) -> dict[str, Any]:
+        """DP item popularity over the public catalogue (once, in the last round)."""
+        assert self.catalogue is not None
+        cfg, min_cohort = self.round_config(
+            server_round, version, len(sampled), ReleaseTask.ITEM_COUNTS
+        )
+        total, usable, failures, statuses = self._collect(
+            grid,
+            context,
+            sampled,
+            [encode_ids(self.catalogue)],
+            cfg,
+            (len(self.catalogue),),
+            min_cohort,
+            array_key=COUNTS,
+            message_type=MESSAGE_TRAIN_COUNTS,
+        )
+        out: dict[str, Any] = {
+            "usable": usable,
+            "failures": dict(failures),
+            "statuses": dict(statuses),
+        }
+        if total is None:
+            return out
+        noise_std = float(cfg[RoundKeys.NOISE_STD])
+        self._aux_rounds.append((server_round, ReleaseTask.ITEM_COUNTS))
+        with self.storage.transaction() as conn:
+            self.storage.put_arrays(
+                "popularity", {"counts": total, "noise_var": usable * noise_std**2}, conn=conn
+            )
+            self.storage.put_json("popularity_items", list(self.catalogue), conn=conn)
+        np.savez_compressed(
+            self.run_dir / "popularity.npz",
+            items=np.asarray(self.catalogue),
+            counts=total.astype(np.float32),
+            noise_std=np.asarray(math.sqrt(usable) * noise_std),
+        )
+        out["noise_std"] = math.sqrt(usable) * noise_std
+        return out
+
+    def _histogram_step(
+        self,
+        grid: MeteredGrid,
+        context: Context,
+        sampled: list[int],
+        server_round: int,
+        h: Hierarchy,
+    ) -> dict[str, Any]:
+        """Population analytics: the share of devices whose top-k broad interests include each
+        level-1 node of the new version (DP counts, summed like the releases)."""
+        ids, g = h.centroids(1)
+        k = max(1, min(self.run_cfg.analytics.top_k, len(ids)))
+        cfg, min_cohort = self.round_config(
+            server_round, h.version, len(sampled), ReleaseTask.HISTOGRAM
+        )
+        cfg[RoundKeys.TOP_K] = k
+        arrays = [g]
+        if self.adapter_cfg.enabled:
+            arrays += [self.adapter.a, self.adapter.b]
+        total, usable, failures, _statuses = self._collect(
+            grid,
+            context,
+            sampled,
+            arrays,
+            cfg,
+            (len(ids),),
+            min_cohort,
+            array_key=HISTOGRAM,
+            message_type=MESSAGE_QUERY_HISTOGRAM,
+        )
+        out: dict[str, Any] = {"usable": usable, "failures": dict(failures)}
+        if total is None:
+            return out
+        self._aux_rounds.append((server_round, ReleaseTask.HISTOGRAM))
+        counts = np.maximum(
+            total * math.sqrt(k), 0.0
+        )  # each device contributes 1/sqrt(k) per chosen node
+        share = counts / counts.sum() if counts.sum() > 0 else counts
+        noise_std = float(cfg[RoundKeys.NOISE_STD])
+        record = {
+            "server_round": server_round,
+            "hierarchy_version": h.version,
+            "devices": usable,
+            "top_k": k,
+            "noise_std_per_count": math.sqrt(usable) * noise_std * math.sqrt(k),
+            "nodes": [
+                {
+                    "id": nid,
+                    "label": h.nodes[nid].label,
+                    "count": round(float(c), 3),
+                    "share": round(float(sh), 5),
+                }
+                for nid, c, sh in zip(ids, counts, share, strict=True)
+            ],
+        }
+        with open(self.run_dir / "analytics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+        self.storage.put_json(f"analytics:{server_round}", record)
+        out["devices"] = usable
+        return out
 
     def _adapter_step(
         self, grid: MeteredGrid, sampled: list[int], server_round: int, summary: RoundSummary
@@ -623,6 +811,35 @@ class InterestServer:
                     details={"output": "leaf sums"},
                 )
             )
+        for r, task in self._aux_rounds:
+            if r != server_round:
+                continue
+            z_task = self.noise_multiplier * self._factor(task)
+            if task is ReleaseTask.ITEM_COUNTS:
+                z_user = z_task * TASK_SENSITIVITY[task] / p.user_clipping_norm
+                out.append(
+                    LedgerEntry(
+                        Mechanism.GAUSSIAN_COUNT,
+                        max(z_user, 1e-12),
+                        p.user_clipping_norm,
+                        server_round=r,
+                        scope=Scope.USER,
+                        details={"output": "item popularity"},
+                    )
+                )
+            else:
+                # a device's k-hot vector has norm 1: user-level multiplier = z x sqrt(2)
+                z_user = z_task * TASK_SENSITIVITY[task]
+                out.append(
+                    LedgerEntry(
+                        Mechanism.GAUSSIAN_HISTOGRAM,
+                        max(z_user, 1e-12),
+                        1.0,
+                        server_round=r,
+                        scope=Scope.USER,
+                        details={"output": "population histogram"},
+                    )
+                )
         if server_round in self._adapter_rounds:
             a = self.adapter_cfg
             if a.server_noise_multiplier > 0:
@@ -655,16 +872,17 @@ class InterestServer:
         sampled: list[int],
         arrays: list[npt.NDArray[np.float32]],
         cfg: dict[str, Any],
-        shape: tuple[int, int],
+        shape: tuple[int, ...],
         bound: float,
         failures: Counter[str],
         statuses: Counter[str],
+        *,
+        array_key: str = SUMS,
+        message_type: str = MESSAGE_TRAIN_INTERESTS,
     ) -> tuple[npt.NDArray[np.float64] | None, int]:
         records: dict[str, Any] = {
             ROUND_CONFIG: ConfigRecord(cfg),
-            CENTROIDS: ArrayRecord(
-                {CENTROIDS: Array(np.ascontiguousarray(arrays[0], dtype=np.float32))}
-            ),
+            CENTROIDS: ArrayRecord({CENTROIDS: Array(_wire(arrays[0]))}),
         }
         if len(arrays) == 3:
             records[ADAPTER] = ArrayRecord(
@@ -672,9 +890,7 @@ class InterestServer:
             )
         content = RecordDict(records)
         msgs = [
-            grid.create_message(
-                content, MESSAGE_TRAIN_INTERESTS, node, str(cfg[RoundKeys.SERVER_ROUND])
-            )
+            grid.create_message(content, message_type, node, str(cfg[RoundKeys.SERVER_ROUND]))
             for node in sampled
         ]
         replies = grid.send_and_receive(msgs, timeout=self.run_cfg.round_timeout)
@@ -687,6 +903,7 @@ class InterestServer:
             try:
                 x = validate_local_reply(
                     r,
+                    array_key=array_key,
                     expected_shape=shape,
                     norm_bound=bound,
                     server_round=int(cfg[RoundKeys.SERVER_ROUND]),
@@ -744,6 +961,15 @@ class InterestServer:
                 Mechanism.GAUSSIAN_SUM, self.noise_multiplier, p.sensitivity, server_round=r
             )
             for r in range(1, server_round + 1)
+        ]
+        entries += [
+            LedgerEntry(
+                Mechanism.GAUSSIAN_COUNT,
+                self.noise_multiplier * self._factor(task),
+                1.0,
+                server_round=r,
+            )
+            for r, task in self._aux_rounds
         ]
         for r in self._adapter_rounds:
             z, q = event_level_dpsgd(
@@ -806,6 +1032,12 @@ def json_safe(o: Any) -> Any:
     if isinstance(o, float) and not math.isfinite(o):
         return str(o)
     return o
+
+
+def _wire(a: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """float32 for vectors; uint8 (encoded ids) travels as it is."""
+    arr = np.ascontiguousarray(a)
+    return arr if arr.dtype == np.uint8 else arr.astype(np.float32)
 
 
 def _reason(text: str) -> str:

@@ -302,7 +302,13 @@ def _cmd_encode(args: argparse.Namespace) -> int:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from common.config import AdapterConfig, ClusteringConfig, PrivacyConfig, RunConfig
+    from common.config import (
+        AdapterConfig,
+        AnalyticsConfig,
+        ClusteringConfig,
+        PrivacyConfig,
+        RunConfig,
+    )
     from simulations.simulate import SimulateOptions, simulate
 
     run = RunConfig(
@@ -314,6 +320,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         ),
         clustering=ClusteringConfig(),
         adapter=AdapterConfig(enabled=args.adapter),
+        analytics=AnalyticsConfig(
+            popularity=not args.no_popularity, histogram=args.histogram, top_k=args.top_k
+        ),
     )
     opts = SimulateOptions(
         dataset=args.dataset,
@@ -491,6 +500,204 @@ def _audit_empirical(args: argparse.Namespace) -> int:
 
     _emit(args, payload, human)
     return 0
+
+
+_HIERARCHY_STATE = "hierarchy"
+
+
+def _device_context(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
+    """(store, hierarchy, encoder, adapter) for the profile commands. A --hierarchy file is
+    also saved in the store, so later calls work offline without it."""
+    from client.app import ADAPTER_STATE_KEY
+    from client.encoder import EncoderConfig, MiniLMEncoder
+    from client.store import EventStore
+    from common.adapter import AdapterWeights
+    from common.hierarchy import Hierarchy
+
+    if not Path(args.store).is_file():
+        raise CliError(f"store {args.store!r} does not exist.")
+    store = EventStore(args.store, create=False)
+    if args.hierarchy:
+        h = Hierarchy.load(args.hierarchy)
+        store.set_state(_HIERARCHY_STATE, h.to_json().encode("utf-8"))
+    else:
+        raw = store.get_state(_HIERARCHY_STATE)
+        if raw is None:
+            store.close()
+            raise CliError(
+                "no hierarchy: pass --hierarchy RUN_DIR/hierarchy.json once (it is kept in the store)."
+            )
+        h = Hierarchy.from_json(raw)
+    adapter = None
+    if args.adapter:
+        import numpy as np
+
+        with np.load(args.adapter) as z:
+            adapter = AdapterWeights(z["a"], z["b"])
+    else:
+        packed = store.get_state(ADAPTER_STATE_KEY)
+        if packed is not None:
+            import io
+
+            import numpy as np
+
+            with np.load(io.BytesIO(packed)) as z:
+                adapter = AdapterWeights(z["a"], z["b"])
+    if adapter is not None and adapter.is_identity():
+        adapter = None
+    return store, h, MiniLMEncoder(EncoderConfig(model_dir=args.model_dir)), adapter
+
+
+def _cmd_profile(args: argparse.Namespace) -> int:
+    from client.profile import device_profile, segments
+    from common.projection import DEFAULT_SEED
+
+    store, h, encoder, adapter = _device_context(args)
+    try:
+        prof = device_profile(
+            store,
+            h,
+            encoder=encoder,
+            adapter=adapter,
+            projection_seed=args.projection_seed or DEFAULT_SEED,
+        )
+    finally:
+        store.close()
+    drift = prof.drift()
+    level1 = prof.top(1, args.top)
+    payload: dict[str, Any] = {
+        "store": args.store,
+        "hierarchy_version": h.version,
+        "events": prof.events,
+        "interests": [
+            {
+                **g.to_dict(),
+                "children": [
+                    c.to_dict()
+                    for c in prof.top(2, len(prof.leaf_ids))
+                    if h.nodes[c.node_id].parent == g.node_id
+                ][: args.top],
+            }
+            for g in level1
+        ],
+        "drift": drift.to_dict(),
+    }
+    if args.population:
+        pop = _population_from_analytics(args.population)
+        payload["segments"] = segments(prof, pop, min_population=args.min_population)
+
+    def human() -> None:
+        print(f"profile of {args.store} on hierarchy v{h.version} ({prof.events} events)")
+        for g in payload["interests"]:
+            print(f"  {g['label']:<24} {100 * g['strength']:5.1f}%")
+            for c in g["children"]:
+                print(
+                    f"    {c['label']:<22} {100 * c['strength']:5.1f}%  e.g. "
+                    + " | ".join(c["explanations"][:2])
+                )
+        for level in (1, 2):
+            flag = "DRIFTING" if drift.drifting[level] else "stable"
+            rise = ", ".join(h.nodes[n].label for n, _ in drift.rising[level])
+            fall = ", ".join(h.nodes[n].label for n, _ in drift.falling[level])
+            print(
+                f"  drift level {level}: JS {drift.divergence[level]:.3f} ({flag}); rising: {rise or '-'}; falling: {fall or '-'}"
+            )
+        for seg in payload.get("segments", []):
+            print(
+                f"  segment {seg['label']} (share {100 * seg['share']:.0f}%, population ~{seg['population']:.0f})"
+            )
+
+    _emit(args, payload, human)
+    return 0
+
+
+def _population_from_analytics(path: str) -> dict[str, float]:
+    p = Path(path)
+    if not p.is_file():
+        raise CliError(
+            f"population file {path!r} does not exist (RUN_DIR/analytics.jsonl of a run with --histogram)."
+        )
+    lines = [ln for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    if not lines:
+        raise CliError(f"population file {path!r} is empty.")
+    last = json.loads(lines[-1])
+    return {n["id"]: float(n["count"]) for n in last["nodes"]}
+
+
+def _cmd_recommend(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from client.encoder import encode_cached
+    from client.profile import device_profile
+    from common.projection import DEFAULT_SEED
+
+    cands = _read_candidates(args.candidates)
+    store, h, encoder, adapter = _device_context(args)
+    try:
+        prof = device_profile(
+            store,
+            h,
+            encoder=encoder,
+            adapter=adapter,
+            projection_seed=args.projection_seed or DEFAULT_SEED,
+        )
+        raw = encode_cached(encoder, store.embeddings, [t for _, t in cands])
+    finally:
+        store.close()
+    scores = prof.score(raw)
+    if args.popularity:
+        with np.load(args.popularity) as z:
+            pop = {str(i): float(c) for i, c in zip(z["items"], z["counts"], strict=True)}
+        lp = np.log1p(np.maximum([pop.get(i, 0.0) for i, _ in cands], 0.0))
+        z_s = (scores - scores.mean()) / (scores.std() or 1.0)
+        z_p = (lp - lp.mean()) / (lp.std() or 1.0)
+        scores = z_s + z_p
+    order = np.argsort(-scores)[: args.top]
+    ranked = [
+        {"rank": r + 1, "item_id": cands[i][0], "text": cands[i][1], "score": float(scores[i])}
+        for r, i in enumerate(order)
+    ]
+    payload = {
+        "store": args.store,
+        "hierarchy_version": h.version,
+        "candidates": len(cands),
+        "ranked": ranked,
+    }
+
+    def human() -> None:
+        for row in ranked:
+            print(f"{row['rank']:>3}. {row['score']:+.3f}  {row['item_id']}  {row['text'][:90]}")
+
+    _emit(args, payload, human)
+    return 0
+
+
+def _read_candidates(path: str) -> list[tuple[str, str]]:
+    """JSON Lines with ``item_id`` and ``text`` (or plain lines: the text, numbered)."""
+    p = Path(path)
+    if not p.is_file():
+        raise CliError(f"candidates file {path!r} does not exist.")
+    out = []
+    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        if line.lstrip().startswith("{"):
+            try:
+                d = json.loads(line)
+            except ValueError as err:
+                raise CliError(f"{path}: line {n}: malformed JSON: {err}.") from None
+            if (
+                not isinstance(d, dict)
+                or not isinstance(d.get("text"), str)
+                or not d["text"].strip()
+            ):
+                raise CliError(f"{path}: line {n}: a candidate needs a non-empty `text`.")
+            out.append((str(d.get("item_id", n)), d["text"]))
+        else:
+            out.append((str(n), line.strip()))
+    if not out:
+        raise CliError(f"candidates file {path!r} has no candidates.")
+    return out
 
 
 def _cmd_labels(args: argparse.Namespace) -> int:
@@ -715,8 +922,68 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="train the low-rank adapter with DP-SGD (its spend counts in --epsilon)",
     )
+    sim.add_argument(
+        "--histogram",
+        action="store_true",
+        help="population analytics: DP counts of devices per broad interest, each round",
+    )
+    sim.add_argument(
+        "--top-k",
+        type=_positive_int,
+        default=1,
+        help="interests per device in the histogram (default 1)",
+    )
+    sim.add_argument(
+        "--no-popularity",
+        action="store_true",
+        help="skip the DP item-popularity release of the last round",
+    )
     sim.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
     sim.set_defaults(func=_cmd_simulate)
+
+    device_flags = argparse.ArgumentParser(add_help=False)
+    device_flags.add_argument("--store", required=True, help="the device's SQLite store")
+    device_flags.add_argument(
+        "--hierarchy", help="hierarchy.json (kept in the store for later calls)"
+    )
+    device_flags.add_argument(
+        "--adapter", help="adapter.npz (default: the one the device last received)"
+    )
+    device_flags.add_argument(
+        "--model-dir", default=None, help="local Hugging Face model directory"
+    )
+    device_flags.add_argument(
+        "--projection-seed", type=int, default=None, help="the run's projection seed"
+    )
+    prof = sub.add_parser(
+        "profile",
+        parents=[out, device_flags],
+        help="the device's interests, strengths, explanations, drift",
+    )
+    prof.add_argument(
+        "--top", type=_positive_int, default=5, help="interests per level (default 5)"
+    )
+    prof.add_argument(
+        "--population", help="RUN_DIR/analytics.jsonl: DP population sizes for segments"
+    )
+    prof.add_argument(
+        "--min-population",
+        type=_positive_float,
+        default=50.0,
+        help="smallest segment (default 50 devices)",
+    )
+    prof.set_defaults(func=_cmd_profile)
+    rec = sub.add_parser(
+        "recommend", parents=[out, device_flags], help="rank candidate items for the device's user"
+    )
+    rec.add_argument(
+        "--candidates",
+        required=True,
+        help="JSON Lines with item_id and text (or one text per line)",
+    )
+    rec.add_argument("--popularity", help="RUN_DIR/popularity.npz: the DP item popularity prior")
+    rec.add_argument("--top", type=_positive_int, default=20, help="how many to print (default 20)")
+    rec.set_defaults(func=_cmd_recommend)
 
     aud = sub.add_parser(
         "audit", parents=[out], help="recompute every device's epsilon from the ledgers"

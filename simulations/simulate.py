@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from client.encoder import EncoderConfig, MiniLMEncoder, TextEncoder, encode_cached
 from client.release import RELEASE_WEIGHTING
@@ -52,6 +53,7 @@ from simulations.evaluation import (
     clustering_metrics,
     next_event_recall,
 )
+from simulations.profile_eval import temporal_split
 
 __all__ = [
     "DatasetBundle",
@@ -94,6 +96,8 @@ class SimulateOptions:
         canaries: extra events per client index (the empirical audit's canaries).
         device_budgets: per-client-index lifetime epsilon overriding the default budget.
         evaluate: compute the metrics against the baselines (off for audit runs).
+        holdout: share of each user's latest events held out from the federated run and the
+            baselines (the ranking and classification evaluation uses them).
     """
 
     dataset: str = "synthetic"
@@ -107,6 +111,7 @@ class SimulateOptions:
     overwrite: bool = False
     noise_seed: int | None = None
     verbose: bool = False
+    holdout: float = 0.2
     canaries: dict[int, list[Event]] = field(default_factory=dict)
     device_budgets: dict[int, float] = field(default_factory=dict)
     evaluate: bool = True
@@ -114,12 +119,23 @@ class SimulateOptions:
 
 @dataclass
 class DatasetBundle:
-    """Events plus the public item catalogue of a dataset."""
+    """Events plus the public item catalogue of a dataset.
+
+    Attributes:
+        items: public catalogue, item id -> item text.
+        truth: the synthetic generator's ground truth (interests, drift times), if any.
+    """
 
     name: str
     events: list[Event]
-    catalogue: list[str]
+    items: dict[str, str]
     rejected: int = 0
+    truth: Any = None
+
+    @property
+    def catalogue(self) -> list[str]:
+        """The distinct public item texts."""
+        return sorted(set(self.items.values()))
 
 
 def _sample_users(events: list[Event], clients: int, seed: int) -> list[Event]:
@@ -138,15 +154,17 @@ def load_bundle(spec: str, *, clients: int, seed: int, events_per_user: int = 60
         from simulations.datasets.synthetic import SyntheticConfig, generate
 
         ds = generate(SyntheticConfig(users=clients, seed=seed, events_per_user=events_per_user))
-        return DatasetBundle("synthetic", ds.events, [it.text for it in ds.items])
+        return DatasetBundle(
+            "synthetic", ds.events, {it.item_id: it.text for it in ds.items}, truth=ds.users
+        )
     if kind == "movielens":
-        from simulations.datasets.loaders import movielens_catalogue
+        from simulations.datasets.loaders import movielens_items
 
         events, rep = load_movielens(arg or None)
         return DatasetBundle(
             "movielens",
             _sample_users(events, clients, seed),
-            movielens_catalogue(arg or None),
+            movielens_items(arg or None),
             rep.rejected,
         )
     if kind == "mind":
@@ -154,11 +172,11 @@ def load_bundle(spec: str, *, clients: int, seed: int, events_per_user: int = 60
             raise ConfigError(
                 "`--dataset mind:DIR` needs the directory with news.tsv and behaviors.tsv."
             )
-        from simulations.datasets.loaders import mind_catalogue
+        from simulations.datasets.loaders import mind_items
 
         events, rep = load_mind(arg)
         return DatasetBundle(
-            "mind", _sample_users(events, clients, seed), mind_catalogue(arg), rep.rejected
+            "mind", _sample_users(events, clients, seed), mind_items(arg), rep.rejected
         )
     if kind == "events":
         if not arg:
@@ -166,10 +184,11 @@ def load_bundle(spec: str, *, clients: int, seed: int, events_per_user: int = 60
         events, rep = load_events(arg)
         events = _sample_users(events, clients, seed)
         private = {EventType.SEARCH, EventType.REVIEW}
-        catalogue = sorted(
-            {e.text for e in events if e.item_id is not None and e.event_type not in private}
-        )
-        return DatasetBundle(f"events:{Path(arg).name}", events, catalogue, rep.rejected)
+        items: dict[str, str] = {}
+        for e in events:
+            if e.item_id is not None and e.event_type not in private:
+                items.setdefault(e.item_id, e.text)
+        return DatasetBundle(f"events:{Path(arg).name}", events, items, rep.rejected)
     raise ConfigError(
         f"`--dataset` must be synthetic, movielens, mind:DIR or events:FILE. Found {spec!r}."
     )
@@ -277,12 +296,15 @@ def simulate(
         raise ConfigError(
             f"the dataset has {len(parts)} users; a run needs at least {run.min_clients}."
         )
+    train, test = temporal_split(parts, opts.holdout)
     for idx, extra in opts.canaries.items():
-        uid = list(parts)[idx]
-        parts[uid] = sorted([*parts[uid], *extra], key=lambda e: (e.timestamp, e.event_id))
-    events = [e for evs in parts.values() for e in evs]
+        uid = list(train)[idx]
+        train[uid] = sorted([*train[uid], *extra], key=lambda e: (e.timestamp, e.event_id))
+    events = [e for evs in train.values() for e in evs]
+    held = [e for evs in test.values() for e in evs]
     say(
-        f"dataset {bundle.name}: {len(events)} events of {len(parts)} users, {len(bundle.catalogue)} catalogue items"
+        f"dataset {bundle.name}: {len(events)} training events of {len(parts)} users "
+        f"({len(held)} held out), {len(bundle.items)} catalogue items"
     )
 
     encoder = MiniLMEncoder(EncoderConfig(num_threads=os.cpu_count() or 1))
@@ -292,7 +314,10 @@ def simulate(
     )
     vocabulary = load_taxonomy_tsv(opts.taxonomy) if opts.taxonomy else default_vocabulary()
     texts = sorted(
-        {e.text for e in events} | set(bundle.catalogue) | {lab.text for lab in vocabulary.labels}
+        {e.text for e in events}
+        | {e.text for e in held}
+        | set(bundle.catalogue)
+        | {lab.text for lab in vocabulary.labels}
     )
     missing = len(texts) - len(cache.get(encoder.model_id, _hashes(texts)))
     say(f"embedding {missing} new texts ({len(texts) - missing} cached)")
@@ -301,7 +326,7 @@ def simulate(
     encode_seconds = time.perf_counter() - t_enc
     labels = embed_labels(vocabulary, encoder, cache, projection)
     labels.save(out / "labels.npz")
-    stores = _prepare_stores(out, parts, encoder, cache)
+    stores = _prepare_stores(out, train, encoder, cache)
 
     summaries: list[RoundSummary] = []
 
@@ -335,7 +360,7 @@ def simulate(
         encoding="utf-8",
     )
     t_fl = time.perf_counter()
-    _run_flower(run, labels, out, stores, opts, on_round, on_reply)
+    _run_flower(run, labels, out, stores, opts, on_round, on_reply, bundle.items)
     fl_seconds = time.perf_counter() - t_fl
     h = Hierarchy.load(out / "hierarchy.json") if (out / "hierarchy.json").exists() else None
     if h is None:
@@ -344,7 +369,21 @@ def simulate(
         )
 
     metrics = _metrics(
-        opts, run, bundle, events, encoder, cache, projection, labels, h, summaries, len(parts), out
+        opts,
+        run,
+        bundle,
+        events,
+        held,
+        train,
+        test,
+        encoder,
+        cache,
+        projection,
+        labels,
+        h,
+        summaries,
+        len(parts),
+        out,
     )
     metrics["wall_seconds"] = round(time.perf_counter() - t0, 2)
     metrics["timing"] = {
@@ -395,6 +434,7 @@ def _run_flower(
     opts: SimulateOptions,
     on_round: Callable[[RoundSummary], None],
     on_reply: Callable[[Any], None] | None = None,
+    items: dict[str, str] | None = None,
 ) -> None:
     from flwr.simulation import run_simulation
 
@@ -406,8 +446,15 @@ def _run_flower(
     client = build_client_app(
         _settings_resolver(stores, budget, p.no_dp, opts.noise_seed, opts.device_budgets)
     )
+    catalogue = sorted(items) if items else None
     server = build_server_app(
-        run, labels, out, expected_nodes=len(stores), on_round=on_round, on_reply=on_reply
+        run,
+        labels,
+        out,
+        expected_nodes=len(stores),
+        on_round=on_round,
+        on_reply=on_reply,
+        catalogue=catalogue,
     )
     cpus = os.cpu_count() or 1
     backend: dict[str, Any] = {
@@ -432,6 +479,9 @@ def _metrics(
     run: RunConfig,
     bundle: DatasetBundle,
     events: list[Event],
+    held: list[Event],
+    train: dict[str, list[Event]],
+    test: dict[str, list[Event]],
     encoder: TextEncoder,
     cache: EmbeddingCache,
     projection: PublicProjection,
@@ -486,8 +536,7 @@ def _metrics(
             "next_event_recall10": next_event_recall(events, fed_vectors, seed=run.seed),
             "next_event_recall10_without": next_event_recall(events, vectors, seed=run.seed),
         }
-    truth = GroundTruth.from_events(events)
-    if truth is None or not opts.evaluate:
+    if not opts.evaluate:
         return out
     weights = weights_for_events(
         events, reference_time=0.0, config=replace(RELEASE_WEIGHTING, max_weight=p.max_weight)
@@ -498,29 +547,109 @@ def _metrics(
     tree = TreeConfig(
         criterion=CutCriterion(c.cut), level1_k=c.level1_k, label_weight=c.label_weight
     )
+    # the centralized baseline sees the same training events as the federated run
     central = centralized_baseline(
         vectors, weights, seeds, labels=labels, fingerprint=projection.fingerprint, tree=tree
     )
-    cat_vecs = (
-        projection(encode_cached(encoder, cache, bundle.catalogue))
-        if bundle.catalogue
-        else vectors[:0]
-    )
-    results = {
-        "federated": clustering_metrics(fed_vectors, h, truth),
-        "centralized": clustering_metrics(vectors, central, truth),
-    }
-    if len(cat_vecs):
-        catalogue = catalogue_baseline(
-            cat_vecs, seeds, labels=labels, fingerprint=projection.fingerprint, tree=tree
+    all_events = [*events, *held]
+    truth = GroundTruth.from_events(all_events)
+    if truth is not None:
+        all_raw = encode_cached(encoder, cache, [e.text for e in all_events])
+        all_vec = projection(all_raw)
+        all_fed = projection(adapter.apply(all_raw)) if adapter is not None else all_vec
+        results = {
+            "federated": clustering_metrics(all_fed, h, truth),
+            "centralized": clustering_metrics(all_vec, central, truth),
+        }
+        if bundle.catalogue:
+            cat_vecs = projection(encode_cached(encoder, cache, bundle.catalogue))
+            catalogue = catalogue_baseline(
+                cat_vecs, seeds, labels=labels, fingerprint=projection.fingerprint, tree=tree
+            )
+            results["catalogue"] = clustering_metrics(all_vec, catalogue, truth)
+        out.update(results)
+        out["ratio"] = {
+            k: (results["federated"][k] / results["centralized"][k])
+            if results["centralized"].get(k)
+            else None
+            for k in METRIC_KEYS
+            if k in results["federated"]
+        }
+    out.update(
+        _profile_metrics(
+            bundle, train, test, encoder, cache, h, central, adapter, out_dir, run.seed
         )
-        results["catalogue"] = clustering_metrics(vectors, catalogue, truth)
-    out.update(results)
-    out["ratio"] = {
-        k: (results["federated"][k] / results["centralized"][k])
-        if results["centralized"].get(k)
-        else None
-        for k in METRIC_KEYS
-        if k in results["federated"]
-    }
+    )
     return out
+
+
+def _profile_metrics(
+    bundle: DatasetBundle,
+    train: dict[str, list[Event]],
+    test: dict[str, list[Event]],
+    encoder: TextEncoder,
+    cache: EmbeddingCache,
+    h: Hierarchy,
+    central: Hierarchy,
+    adapter: AdapterWeights | None,
+    out_dir: Path,
+    seed: int,
+) -> dict[str, Any]:
+    """Ranking, classification and drift of the profiles (see :mod:`simulations.profile_eval`)."""
+    from collections import Counter
+
+    from simulations.profile_eval import (
+        ProfileSide,
+        classification_eval,
+        drift_lags,
+        node_labels,
+        ranking_eval,
+    )
+
+    def vec(texts: list[str]) -> npt.NDArray[np.float32]:
+        return (
+            encode_cached(encoder, cache, texts)
+            if texts
+            else np.zeros((0, encoder.dim), np.float32)
+        )
+
+    train_pop: dict[str, float] = dict(
+        Counter(e.item_id for evs in train.values() for e in evs if e.item_id)
+    )
+    dp_pop = _dp_popularity(out_dir)
+    fed = ProfileSide("federated", h, adapter, dp_pop)
+    cen = ProfileSide("centralized", central, None, train_pop if dp_pop is not None else None)
+    out: dict[str, Any] = {}
+    if bundle.items and any(test.values()):
+        out["ranking"] = ranking_eval(
+            train, test, bundle.items, vec, [fed, cen], train_popularity=train_pop, seed=seed
+        )
+        out["ranking"]["popularity_prior"] = "dp item counts" if dp_pop is not None else "none"
+    events = [e for evs in train.values() for e in evs]
+    if events and all(e.category for e in events):
+        projection = fed.profile([], np.zeros((0, encoder.dim), np.float32)).projection
+        raw = vec([e.text for e in events])
+        f1, f2 = node_labels(
+            h, events, projection(adapter.apply(raw) if adapter is not None else raw)
+        )
+        c1, c2 = node_labels(central, events, projection(raw))
+        out["classification"] = {
+            "federated": classification_eval(train, test, vec, fed, f1, f2),
+            "centralized": classification_eval(train, test, vec, cen, c1, c2),
+        }
+        if bundle.truth is not None:
+            by_user: dict[str, list[Event]] = {
+                u: [*train.get(u, []), *test.get(u, [])] for u in train
+            }
+            lag = drift_lags(bundle.truth, by_user, vec, fed, f1)
+            if lag:
+                out["drift"] = {"federated": lag}
+    return out
+
+
+def _dp_popularity(run_dir: Path) -> dict[str, float] | None:
+    path = run_dir / "popularity.npz"
+    if not path.exists():
+        return None
+    with np.load(path) as z:
+        return {str(i): float(c) for i, c in zip(z["items"], z["counts"], strict=True)}

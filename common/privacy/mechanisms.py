@@ -88,9 +88,10 @@ def secagg_share_std(*, noise_multiplier: float, sensitivity: float, min_cohort:
     return noise_multiplier * sensitivity / math.sqrt(min_cohort)
 
 
-def noise_multiplier_for_rounds(*, epsilon: float, delta: float, rounds: int) -> float:
+def noise_multiplier_for_rounds(*, epsilon: float, delta: float, rounds: float) -> float:
     """The Gaussian noise multiplier ``z`` such that ``rounds`` releases compose (PLD) to
-    ``(epsilon, delta)``.
+    ``(epsilon, delta)``. ``rounds`` may be fractional: releases at ``f z`` count
+    ``1 / f^2`` each (exact for Gaussians).
 
     Composing Gaussian mechanisms with multipliers ``z_i`` is exactly a Gaussian mechanism with
     ``z = (sum z_i^-2)^-1/2`` (Dong, Roth and Su 2022, Gaussian DP, Cor. 3.3), so this solves
@@ -99,8 +100,10 @@ def noise_multiplier_for_rounds(*, epsilon: float, delta: float, rounds: int) ->
     _positive(epsilon, "epsilon")
     if not 0 < delta < 1:
         raise ConfigError(f"`delta` must be in (0, 1). Found {delta!r}.")
-    if not (isinstance(rounds, int) and rounds >= 1):
-        raise ConfigError(f"`rounds` must be an int >= 1. Found {rounds!r}.")
+    if isinstance(rounds, bool) or not (
+        isinstance(rounds, (int, float)) and math.isfinite(rounds) and rounds > 0
+    ):
+        raise ConfigError(f"`rounds` must be a number > 0. Found {rounds!r}.")
     return _single_gaussian_multiplier(round(epsilon, 12), delta) * math.sqrt(rounds)
 
 
@@ -108,12 +111,13 @@ def calibrate_release_multiplier(
     *,
     epsilon: float,
     delta: float,
-    rounds: int,
+    rounds: float,
     other: tuple[tuple[float, float, int], ...] = (),
     accountant: str = "pld",
 ) -> float:
-    """The Gaussian multiplier ``z`` of ``rounds`` leaf-sum releases such that, composed with
-    the other event-level mechanisms of the run, the total is at most ``epsilon``.
+    """The Gaussian multiplier ``z`` of ``rounds`` (equivalent, possibly fractional) Gaussian
+    releases such that, composed with the other event-level mechanisms of the run, the total
+    is at most ``epsilon``.
 
     Args:
         other: the other mechanisms as ``(noise_multiplier, sample_rate, steps)`` triples
@@ -132,7 +136,7 @@ def calibrate_release_multiplier(
 def _calibrate_with_others(
     epsilon: float,
     delta: float,
-    rounds: int,
+    rounds: float,
     other: tuple[tuple[float, float, int], ...],
     accountant: str,
 ) -> float:
@@ -149,7 +153,7 @@ def _calibrate_with_others(
 
     def total(z: float) -> float:
         return epsilon_of_entries(
-            [*base, LedgerEntry(Mechanism.GAUSSIAN_SUM, z, 1.0, steps=rounds)],
+            [*base, LedgerEntry(Mechanism.GAUSSIAN_SUM, z / math.sqrt(rounds), 1.0)],
             delta=delta,
             accountant=accountant,
         )

@@ -37,8 +37,8 @@ __all__ = [
     "load_events",
     "load_mind",
     "load_movielens",
-    "mind_catalogue",
-    "movielens_catalogue",
+    "mind_items",
+    "movielens_items",
     "partition_by_user",
     "validate_records",
 ]
@@ -136,20 +136,20 @@ def _movie_texts(d: Path) -> dict[str, str]:
     return movies
 
 
-def movielens_catalogue(directory: str | Path | None = None) -> list[str]:
-    """The public item texts of MovieLens: every movie's title and genres (no user tags)."""
+def movielens_items(directory: str | Path | None = None) -> dict[str, str]:
+    """The public catalogue of MovieLens: movie id -> title and genres (no user tags)."""
     d = Path(directory) if directory is not None else default_movielens_dir()
     if not (d / "movies.csv").is_file():
         raise ConfigError(f"MovieLens directory {str(d)!r} has no movies.csv.")
-    return sorted(set(_movie_texts(d).values()))
+    return _movie_texts(d)
 
 
-def mind_catalogue(directory: str | Path) -> list[str]:
-    """The public item texts of MIND: title + abstract of every article in news.tsv."""
+def mind_items(directory: str | Path) -> dict[str, str]:
+    """The public catalogue of MIND: news id -> title + abstract."""
     d = Path(directory)
     if not (d / "news.tsv").is_file():
         raise ConfigError(f"MIND directory {str(d)!r} has no news.tsv.")
-    return sorted({text for text, _ in _news(d).values()})
+    return {nid: text for nid, (text, _) in _news(d).items()}
 
 
 def _news(d: Path) -> dict[str, tuple[str, str]]:
