@@ -245,9 +245,11 @@ def _meta(status: ReplyStatus, cfg: dict[str, Any]) -> dict[str, Any]:
 
 def build_client_app(
     settings_for: Callable[[Context], DeviceSettings] = store_from_node_config,
+    mods: list[Any] | None = None,
 ) -> ClientApp:
-    """A ClientApp whose devices find their settings with ``settings_for(context)``."""
-    client = ClientApp()
+    """A ClientApp whose devices find their settings with ``settings_for(context)``; ``mods``
+    are Flower mods around every handler (e.g. fault injection in simulations)."""
+    client = ClientApp(mods=mods or [])
 
     @client.train(mods=[secaggplus_mod])
     def train_secagg(msg: Message, context: Context) -> Message:

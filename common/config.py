@@ -228,7 +228,13 @@ class RunConfig:
         min_clients: fewest devices a round needs (fewer: the round is skipped).
         seed: seeds everything that is not DP noise (sampling, splits, data).
         round_timeout: seconds to wait for replies in a round (``None``: wait for all).
-        privacy / clustering: see those classes.
+        round_attempts: a round with too few usable replies is skipped and tried again, up
+            to this many attempts in all.
+        robust: ``none`` (sum), ``trimmed`` (coordinate-wise trimmed mean) or ``median`` over
+            the individual releases (local mode) and adapter updates; bounds poisoning.
+        trim_fraction: share trimmed at each end with ``trimmed``.
+        max_replies: the most devices one round may sample (a resource limit).
+        privacy / clustering / adapter / analytics: see those classes.
     """
 
     rounds: int = 5
@@ -236,6 +242,10 @@ class RunConfig:
     min_clients: int = 2
     seed: int = 0
     round_timeout: float | None = None
+    round_attempts: int = 2
+    robust: str = "none"
+    trim_fraction: float = 0.1
+    max_replies: int = 100_000
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
@@ -261,6 +271,16 @@ class RunConfig:
             raise ConfigError(f"`min_clients` must be an int >= 2. Found {self.min_clients!r}.")
         if self.round_timeout is not None:
             _pos(self.round_timeout, "round_timeout")
+        if not (isinstance(self.round_attempts, int) and self.round_attempts >= 1):
+            raise ConfigError(
+                f"`round_attempts` must be an int >= 1. Found {self.round_attempts!r}."
+            )
+        if self.robust not in ("none", "trimmed", "median"):
+            raise ConfigError(f"`robust` must be none, trimmed or median. Found {self.robust!r}.")
+        if not 0 <= self.trim_fraction < 0.5:
+            raise ConfigError(f"`trim_fraction` must be in [0, 0.5). Found {self.trim_fraction!r}.")
+        if not (isinstance(self.max_replies, int) and self.max_replies >= 2):
+            raise ConfigError(f"`max_replies` must be an int >= 2. Found {self.max_replies!r}.")
 
     # -- Flower run_config: the one place its keys are read -------------------------------------
 

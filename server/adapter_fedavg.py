@@ -38,6 +38,7 @@ from common.records import (
     ReplyKeys,
     ReplyStatus,
 )
+from server.aggregation import robust_mean
 
 __all__ = [
     "AdapterStepResult",
@@ -136,8 +137,15 @@ def run_adapter_step(
     server_round: int,
     delta: float,
     timeout: float | None = None,
+    robust: str = "none",
+    trim: float = 0.1,
 ) -> AdapterStepResult:
-    """Sends the adapter to the devices, collects their DP-SGD updates and averages them."""
+    """Sends the adapter to the devices, collects their DP-SGD updates and averages them.
+
+    With ``robust`` = ``trimmed`` or ``median`` the updates are clipped to the server's norm
+    and combined coordinate-wise (poisoning-robust); the server noise is still added, but the
+    user-level DP accounting of DP-FedAvg no longer applies (the server ledger says so).
+    """
     config = adapter_config_record(cfg, server_round, delta)
     content = RecordDict(
         {
@@ -191,6 +199,24 @@ def run_adapter_step(
         )
         for r in usable
     ]
+    if robust != "none":
+        updates = []
+        for r in usable:
+            rec = r.content.array_records[ADAPTER_ARRAYS]
+            w = AdapterWeights(rec[ADAPTER_A].numpy(), rec[ADAPTER_B].numpy()).clip_update(
+                weights, cfg.server_clipping_norm
+            )
+            updates.append(np.concatenate([(w.a - weights.a).ravel(), (w.b - weights.b).ravel()]))
+        delta_vec = robust_mean(np.stack(updates), robust, trim)
+        if cfg.server_noise_multiplier > 0:
+            std = cfg.server_noise_multiplier * cfg.server_clipping_norm / len(usable)
+            delta_vec = delta_vec + np.random.default_rng().normal(0.0, std, delta_vec.shape)
+        na = weights.a.size
+        new = AdapterWeights(
+            (weights.a + delta_vec[:na].reshape(weights.a.shape)).astype(np.float32),
+            (weights.b + delta_vec[na:].reshape(weights.b.shape)).astype(np.float32),
+        )
+        return AdapterStepResult(new, len(usable), failures, statuses)
     current = ArrayRecord({ADAPTER_A: Array(weights.a), ADAPTER_B: Array(weights.b)})
     fedavg = FedAvg(
         weighted_by_key=ADAPTER_WEIGHT_KEY,

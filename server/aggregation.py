@@ -42,6 +42,7 @@ __all__ = [
     "aggregate_round",
     "initial_state",
     "leaf_statistics",
+    "robust_mean",
 ]
 
 
@@ -232,6 +233,7 @@ def aggregate_round(
     noise_var: float,
     config: AggregationConfig | None = None,
     rng: np.random.Generator | None = None,
+    server_round: int | None = None,
 ) -> tuple[LeafState, RoundDiagnostics]:
     """One DP-Lloyd step from the cohort's noisy sums.
 
@@ -242,9 +244,11 @@ def aggregate_round(
             calibration and the cohort size).
         config: the rules.
         rng: public randomness for split directions.
+        server_round: the round these sums come from (default: the state's round + 1; a
+            skipped round leaves a gap).
 
     Returns:
-        ``(new_state, diagnostics)``; new_state.server_round = state.server_round + 1.
+        ``(new_state, diagnostics)``.
     """
     cfg = config if config is not None else AggregationConfig()
     k, d = state.num_leaves, state.dim
@@ -264,7 +268,7 @@ def aggregate_round(
     rnorm = g * state.residual_norm + 1.0
     st = replace(
         state,
-        server_round=state.server_round + 1,
+        server_round=server_round if server_round is not None else state.server_round + 1,
         acc=acc,
         acc_var=acc_var,
         weight_norm=weight_norm,
@@ -394,3 +398,23 @@ def aggregate_round(
         noise_var=float(noise_var),
     )
     return out, diag
+
+
+def robust_mean(
+    x: npt.NDArray[np.floating], mode: str, trim: float = 0.1
+) -> npt.NDArray[np.float64]:
+    """Coordinate-wise ``trimmed`` mean (``trim`` cut at each end) or ``median`` over axis 0;
+    ``none`` is the plain mean. One device can move it by at most its rank's share, not by its
+    own magnitude (poisoning bound)."""
+    a = np.asarray(x, dtype=np.float64)
+    if mode == "median":
+        out: npt.NDArray[np.float64] = np.median(a, axis=0)
+        return out
+    if mode == "trimmed":
+        from scipy.stats import trim_mean
+
+        return np.asarray(trim_mean(a, trim, axis=0), dtype=np.float64)
+    if mode == "none":
+        mean: npt.NDArray[np.float64] = a.mean(axis=0)
+        return mean
+    raise ConfigError(f"`robust` must be none, trimmed or median. Found {mode!r}.")

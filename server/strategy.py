@@ -71,12 +71,20 @@ from server.aggregation import (
     aggregate_round,
     initial_state,
     leaf_statistics,
+    robust_mean,
 )
 from server.hierarchy_builder import CutCriterion, TreeConfig, build_hierarchy
 from server.secagg import secagg_sum
 from server.storage import ServerStorage
 
-__all__ = ["InterestServer", "MeteredGrid", "RoundSummary", "json_safe", "validate_local_reply"]
+__all__ = [
+    "MAX_REPLY_BYTES",
+    "InterestServer",
+    "MeteredGrid",
+    "RoundSummary",
+    "json_safe",
+    "validate_local_reply",
+]
 
 log = logging.getLogger("fedinterest.server")
 
@@ -158,6 +166,7 @@ class RoundSummary:
     status: str
     sampled: int
     usable: int
+    attempt: int = 1
     failures: dict[str, int] = field(default_factory=dict)
     statuses: dict[str, int] = field(default_factory=dict)
     hierarchy_version: int | None = None
@@ -257,6 +266,10 @@ def validate_local_reply(
             f"`{array_key}` norm {norm:.3g} exceeds the bound {norm_bound:.3g} (user clip + noise)."
         )
     return x
+
+
+#: The largest reply the server decodes (a resource limit; Flower's own gRPC limit is higher).
+MAX_REPLY_BYTES = 16 << 20
 
 
 def _noise_norm_bound(std: float, entries: int) -> float:
@@ -368,6 +381,9 @@ class InterestServer:
                 self.labels.encoder_dim, self.adapter_cfg.rank, self.adapter_cfg.seed
             )
         )
+        released = self.storage.get_json("released") or {}
+        self._aux_rounds = [(int(r), ReleaseTask(t)) for r, t in released.get("aux", [])]
+        self._adapter_rounds = [int(r) for r in released.get("adapter", [])]
         if arrays is None:
             return self._initial(), None
         return LeafState.from_arrays(arrays), self.storage.latest_version()
@@ -399,18 +415,34 @@ class InterestServer:
                 f"the run needs at least {self.run_cfg.min_clients}."
             )
         summaries = []
-        for server_round in range(state.server_round + 1, self.run_cfg.rounds + 1):
-            nodes = sorted(int(n) for n in grid.get_node_ids())
-            summary, state, hierarchy = self.run_round(
-                metered, context, server_round, nodes, state, hierarchy
-            )
-            summaries.append(summary)
-            if self.on_round is not None:
-                self.on_round(summary)
+        recorded = [int(r["server_round"]) for r in self.storage.rounds()]
+        start = max([state.server_round, *recorded]) + 1
+        for server_round in range(start, self.run_cfg.rounds + 1):
+            for attempt in range(1, self.run_cfg.round_attempts + 1):
+                nodes = sorted(int(n) for n in grid.get_node_ids())
+                summary, state, hierarchy = self.run_round(
+                    metered, context, server_round, nodes, state, hierarchy, attempt=attempt
+                )
+                summaries.append(summary)
+                if self.on_round is not None:
+                    self.on_round(summary)
+                if summary.status == "ok":
+                    break
+                log.warning(
+                    "round %d attempt %d skipped; %s",
+                    server_round,
+                    attempt,
+                    "retrying" if attempt < self.run_cfg.round_attempts else "moving on",
+                )
         return summaries
 
     def _sample(self, nodes: list[int], server_round: int) -> list[int]:
         k = max(self.run_cfg.min_clients, math.ceil(self.run_cfg.fraction * len(nodes)))
+        if k > self.run_cfg.max_replies:
+            raise ConfigError(
+                f"a round would sample {k} devices, more than `max_replies` = {self.run_cfg.max_replies}; "
+                "lower `fraction` or raise the limit."
+            )
         if k >= len(nodes):
             return list(nodes)
         rng = np.random.default_rng([self.run_cfg.seed, server_round])
@@ -468,6 +500,8 @@ class InterestServer:
         nodes: list[int],
         state: LeafState,
         hierarchy: Hierarchy | None,
+        *,
+        attempt: int = 1,
     ) -> tuple[RoundSummary, LeafState, Hierarchy | None]:
         """One round: the release step, the adapter step (if enabled), aggregation, the tree."""
         t0 = time.perf_counter()
@@ -484,6 +518,7 @@ class InterestServer:
             noise_multiplier=self.noise_multiplier,
             noise_std=noise_std,
             min_cohort=min_cohort,
+            attempt=attempt,
         )
         adapter_used = self.adapter
         total, usable, failures, statuses = self._release_step(
@@ -507,7 +542,12 @@ class InterestServer:
             return summary, state, hierarchy
 
         noise_var = usable * noise_std**2
-        new_state, diag = aggregate_round(state, total, noise_var=noise_var, config=self.agg_cfg)
+        if self.run_cfg.privacy.mode is ReleaseMode.LOCAL:
+            # variance of n x (robust mean) of Gaussian noise, relative to the plain sum
+            noise_var *= {"none": 1.0, "trimmed": 1.1, "median": math.pi / 2}[self.run_cfg.robust]
+        new_state, diag = aggregate_round(
+            state, total, noise_var=noise_var, config=self.agg_cfg, server_round=server_round
+        )
         new_h = self._build(
             new_state, hierarchy, server_round, diag.merged, self.labels_for(adapter_used)
         )
@@ -774,6 +814,8 @@ class InterestServer:
             server_round=server_round,
             delta=self.run_cfg.privacy.delta,
             timeout=self.run_cfg.round_timeout,
+            robust=self.run_cfg.robust,
+            trim=self.run_cfg.trim_fraction,
         )
         summary.adapter = {
             "usable": result.usable,
@@ -842,7 +884,7 @@ class InterestServer:
                 )
         if server_round in self._adapter_rounds:
             a = self.adapter_cfg
-            if a.server_noise_multiplier > 0:
+            if a.server_noise_multiplier > 0 and self.run_cfg.robust == "none":
                 out.append(
                     LedgerEntry(
                         Mechanism.SERVER_GAUSSIAN,
@@ -897,9 +939,18 @@ class InterestServer:
         total = np.zeros(shape)
         usable = 0
         answered = set()
+        kept: list[npt.NDArray[np.float32]] = []
+        robust = self.run_cfg.robust != "none"
+        expected = set(sampled)
         for r in replies:
             node = int(r.metadata.src_node_id)
+            if node not in expected or node in answered:
+                failures["reply from a device not asked (or twice)"] += 1
+                continue
             answered.add(node)
+            if not r.has_error() and _size(r) > MAX_REPLY_BYTES:
+                failures[f"reply larger than {MAX_REPLY_BYTES} bytes"] += 1
+                continue
             try:
                 x = validate_local_reply(
                     r,
@@ -918,9 +969,15 @@ class InterestServer:
             if x is not None:
                 total += x
                 usable += 1
+                if robust:
+                    kept.append(x.astype(np.float32))
         missing = len(set(sampled) - answered)
         if missing:
             failures["no reply before the timeout"] += missing
+        if robust and kept:
+            total = usable * robust_mean(
+                np.stack(kept), self.run_cfg.robust, self.run_cfg.trim_fraction
+            )
         return (total if usable else None), usable
 
     def _build(
@@ -1011,6 +1068,14 @@ class InterestServer:
                     self.storage.put_arrays(f"adapter:v{h.version}", adapter.to_arrays(), conn=conn)
             for entry in ledger:
                 self.storage.append_ledger(entry, conn=conn)
+            self.storage.put_json(
+                "released",
+                {
+                    "aux": [[r, t.value] for r, t in self._aux_rounds],
+                    "adapter": self._adapter_rounds,
+                },
+                conn=conn,
+            )
             self.storage.put_round(summary.server_round, record, conn=conn)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if h is not None:

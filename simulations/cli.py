@@ -309,32 +309,51 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         PrivacyConfig,
         RunConfig,
     )
-    from simulations.simulate import SimulateOptions, simulate
+    from simulations.faults import dropout_mod
+    from simulations.simulate import SimulateOptions, options_from_run_dir, simulate
 
-    run = RunConfig(
-        rounds=args.rounds,
-        fraction=args.fraction,
-        seed=args.seed,
-        privacy=PrivacyConfig(
-            epsilon=args.epsilon, delta=args.delta, mode=args.mode, no_dp=args.no_dp
-        ),
-        clustering=ClusteringConfig(),
-        adapter=AdapterConfig(enabled=args.adapter),
-        analytics=AnalyticsConfig(
-            popularity=not args.no_popularity, histogram=args.histogram, top_k=args.top_k
-        ),
-    )
-    opts = SimulateOptions(
-        dataset=args.dataset,
-        clients=args.clients,
-        out=Path(args.out),
-        run=run,
-        events_per_user=args.events_per_user,
-        cache=Path(args.cache) if args.cache else None,
-        taxonomy=Path(args.taxonomy) if args.taxonomy else None,
-        overwrite=args.overwrite,
-        verbose=args.verbose,
-    )
+    mods = [dropout_mod(args.dropout, args.seed)] if args.dropout else []
+    if args.resume:
+        opts = options_from_run_dir(
+            args.resume,
+            resume=True,
+            cache=Path(args.cache) if args.cache else None,
+            verbose=args.verbose,
+            client_mods=tuple(mods),
+        )
+        args.out = args.resume
+    else:
+        run = RunConfig(
+            rounds=args.rounds,
+            fraction=args.fraction,
+            seed=args.seed,
+            robust=args.robust,
+            round_attempts=args.round_attempts,
+            privacy=PrivacyConfig(
+                epsilon=args.epsilon,
+                delta=args.delta,
+                mode=args.mode,
+                no_dp=args.no_dp,
+                min_cohort_fraction=args.min_cohort_fraction,
+            ),
+            clustering=ClusteringConfig(),
+            adapter=AdapterConfig(enabled=args.adapter),
+            analytics=AnalyticsConfig(
+                popularity=not args.no_popularity, histogram=args.histogram, top_k=args.top_k
+            ),
+        )
+        opts = SimulateOptions(
+            dataset=args.dataset,
+            clients=args.clients,
+            out=Path(args.out),
+            run=run,
+            events_per_user=args.events_per_user,
+            cache=Path(args.cache) if args.cache else None,
+            taxonomy=Path(args.taxonomy) if args.taxonomy else None,
+            overwrite=args.overwrite,
+            verbose=args.verbose,
+            client_mods=tuple(mods),
+        )
     if args.no_dp:
         print(
             "WARNING: --no-dp releases every device's leaf sums WITHOUT noise. Epsilon is infinite.",
@@ -937,6 +956,33 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-popularity",
         action="store_true",
         help="skip the DP item-popularity release of the last round",
+    )
+    sim.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue a crashed run from its last completed round"
+    )
+    sim.add_argument(
+        "--robust",
+        choices=["none", "trimmed", "median"],
+        default="none",
+        help="robust aggregation (local mode releases, adapter)",
+    )
+    sim.add_argument(
+        "--round-attempts",
+        type=_positive_int,
+        default=2,
+        help="tries per round when too few devices answer (default 2)",
+    )
+    sim.add_argument(
+        "--min-cohort-fraction",
+        type=_share,
+        default=0.7,
+        help="secagg: share of sampled devices the noise shares are calibrated for (default 0.7)",
+    )
+    sim.add_argument(
+        "--dropout",
+        type=_share,
+        default=0.0,
+        help="fault injection: each device drops out of each round with this probability",
     )
     sim.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
     sim.set_defaults(func=_cmd_simulate)

@@ -202,27 +202,15 @@ def run_empirical_audit(
 ) -> EmpiricalResult:
     """Re-runs the run in ``run_dir`` (same dataset and privacy settings) with canaries under
     ``run_dir/empirical[-nodp]`` and attacks it; returns the empirical lower bound."""
-    import json
-
-    from common.config import AdapterConfig, ClusteringConfig, PrivacyConfig, RunConfig
     from simulations.audit import audit_run
-    from simulations.simulate import SimulateOptions, default_cache_path, simulate
+    from simulations.simulate import default_cache_path, options_from_run_dir, simulate
 
     d = Path(run_dir)
-    cfg = json.loads((d / "config.json").read_text(encoding="utf-8"))
-    r = cfg["run"]
-    run = RunConfig(
-        rounds=r["rounds"],
-        fraction=r["fraction"],
-        min_clients=r["min_clients"],
-        seed=r["seed"],
-        round_timeout=r.get("round_timeout"),
-        privacy=PrivacyConfig(**{**r["privacy"], "mode": r["privacy"]["mode"]}),
-        clustering=ClusteringConfig(**r["clustering"]),
-        adapter=AdapterConfig(**r.get("adapter", {})),
-    )
+    base = options_from_run_dir(d)
+    run = base.run
     if no_dp:
         run = replace(run, privacy=replace(run.privacy, no_dp=True))
+    cfg = {"clients": base.clients}
     clients = int(cfg["clients"])
     m = min(canaries or clients, clients)
     encoder = MiniLMEncoder()
@@ -262,17 +250,7 @@ def run_empirical_audit(
     }
     # the canary belongs to the device's user
     out = d / ("empirical-nodp" if no_dp else "empirical")
-    opts = SimulateOptions(
-        dataset=cfg["dataset"],
-        clients=clients,
-        out=out,
-        run=run,
-        events_per_user=int(cfg.get("events_per_user", 60)),
-        cache=cache,
-        overwrite=True,
-        canaries={},
-        evaluate=False,
-    )
+    opts = replace(base, out=out, run=run, cache=cache, overwrite=True, canaries={}, evaluate=False)
     bundle_users = _users_of(opts)
     fixed = {
         dev: [replace(e, user_id=bundle_users[dev]) for e in evs] for dev, evs in inserted.items()

@@ -61,6 +61,7 @@ __all__ = [
     "default_cache_path",
     "embed_labels",
     "load_bundle",
+    "options_from_run_dir",
     "simulate",
 ]
 
@@ -96,6 +97,9 @@ class SimulateOptions:
         canaries: extra events per client index (the empirical audit's canaries).
         device_budgets: per-client-index lifetime epsilon overriding the default budget.
         evaluate: compute the metrics against the baselines (off for audit runs).
+        resume: continue the run in ``out`` from its last completed round (after a crash).
+        client_mods: Flower mods wrapped around every virtual device (fault injection in tests:
+            dropouts, poisoning).
         holdout: share of each user's latest events held out from the federated run and the
             baselines (the ranking and classification evaluation uses them).
     """
@@ -113,6 +117,8 @@ class SimulateOptions:
     verbose: bool = False
     holdout: float = 0.2
     canaries: dict[int, list[Event]] = field(default_factory=dict)
+    resume: bool = False
+    client_mods: tuple[Any, ...] = ()
     device_budgets: dict[int, float] = field(default_factory=dict)
     evaluate: bool = True
 
@@ -275,7 +281,10 @@ def simulate(
     t0 = time.perf_counter()
     run = opts.run
     out = Path(opts.out)
-    if out.exists() and any(out.iterdir()):
+    if opts.resume:
+        _check_resumable(out)
+        say(f"resuming {out}")
+    elif out.exists() and any(out.iterdir()):
         if not opts.overwrite:
             raise ConfigError(
                 f"run directory {str(out)!r} is not empty; pass --overwrite or choose another --out."
@@ -325,8 +334,16 @@ def simulate(
     encode_cached(encoder, cache, texts, progress=_bar(missing, "encode") if missing else None)
     encode_seconds = time.perf_counter() - t_enc
     labels = embed_labels(vocabulary, encoder, cache, projection)
-    labels.save(out / "labels.npz")
-    stores = _prepare_stores(out, train, encoder, cache)
+    if opts.resume:
+        stores = sorted((out / "clients").glob("client-*.db"))
+        if len(stores) != len(train):
+            raise ConfigError(
+                f"{str(out)!r} has {len(stores)} device stores; the run had {len(train)}."
+            )
+        _rewrite_outputs_from_db(out)
+    else:
+        labels.save(out / "labels.npz")
+        stores = _prepare_stores(out, train, encoder, cache)
 
     summaries: list[RoundSummary] = []
 
@@ -338,36 +355,148 @@ def simulate(
             f"{s.live_leaves} fine / {s.level1_nodes} broad interests, event-level epsilon {eps}, {s.seconds:.1f}s"
         )
 
-    (out / "config.json").write_text(
-        json.dumps(
-            json_safe(
-                {
-                    "dataset": opts.dataset,
-                    "clients": len(parts),
-                    "events_per_user": opts.events_per_user,
-                    "run": asdict(run),
-                    "vocabulary": vocabulary.name,
-                    "device_budget_epsilon": None
-                    if run.privacy.no_dp
-                    else run.privacy.device_budget_epsilon,
-                    "device_budgets": {str(k): v for k, v in opts.device_budgets.items()},
-                }
-            ),
-            indent=1,
-            default=str,
-        )
-        + "\n",
-        encoding="utf-8",
-    )
+    if not opts.resume:
+        _write_config(out, opts, run, len(parts), vocabulary)
     t_fl = time.perf_counter()
     _run_flower(run, labels, out, stores, opts, on_round, on_reply, bundle.items)
     fl_seconds = time.perf_counter() - t_fl
+    return _finish(
+        opts,
+        run,
+        bundle,
+        events,
+        held,
+        train,
+        test,
+        encoder,
+        cache,
+        projection,
+        labels,
+        summaries,
+        len(parts),
+        out,
+        t0,
+        encode_seconds,
+        fl_seconds,
+    )
+
+
+def _write_config(
+    out: Path, opts: SimulateOptions, run: RunConfig, clients: int, vocabulary: Vocabulary
+) -> None:
+    doc = {
+        "dataset": opts.dataset,
+        "clients": clients,
+        "events_per_user": opts.events_per_user,
+        "max_events_per_client": opts.max_events_per_client,
+        "holdout": opts.holdout,
+        "taxonomy": str(opts.taxonomy) if opts.taxonomy else None,
+        "run": asdict(run),
+        "vocabulary": vocabulary.name,
+        "device_budget_epsilon": None if run.privacy.no_dp else run.privacy.device_budget_epsilon,
+        "device_budgets": {str(k): v for k, v in opts.device_budgets.items()},
+    }
+    _atomic_write(out / "config.json", json.dumps(json_safe(doc), indent=1, default=str) + "\n")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def _check_resumable(out: Path) -> None:
+    for name in ("config.json", "server.db", "labels.npz", "clients"):
+        if not (out / name).exists():
+            raise ConfigError(
+                f"cannot resume {str(out)!r}: it has no {name} (was it written by simulate?)."
+            )
+
+
+def _rewrite_outputs_from_db(out: Path) -> None:
+    """After a crash, ``rounds.jsonl`` and ``hierarchy.json`` are rebuilt from the server's
+    database (the source of truth, written in one transaction per round)."""
+    from server.storage import ServerStorage
+
+    with ServerStorage(out / "server.db") as st:
+        rounds = st.rounds()
+        h = st.latest_version()
+    _atomic_write(
+        out / "rounds.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rounds)
+    )
+    if h is not None:
+        h.save(out / "hierarchy.json")
+
+
+def options_from_run_dir(run_dir: str | Path, **over: Any) -> SimulateOptions:
+    """The options a run directory was written with (``config.json``), for resuming or
+    re-running it (e.g. the empirical audit)."""
+    from common.config import AdapterConfig, AnalyticsConfig, ClusteringConfig, PrivacyConfig
+
+    d = Path(run_dir)
+    if not (d / "config.json").is_file():
+        raise ConfigError(f"{str(d)!r} has no config.json.")
+    cfg = json.loads((d / "config.json").read_text(encoding="utf-8"))
+    r = cfg["run"]
+    run = RunConfig(
+        **{
+            k: v for k, v in r.items() if k not in ("privacy", "clustering", "adapter", "analytics")
+        },
+        privacy=PrivacyConfig(**r["privacy"]),
+        clustering=ClusteringConfig(**r["clustering"]),
+        adapter=AdapterConfig(**r.get("adapter", {})),
+        analytics=AnalyticsConfig(**r.get("analytics", {})),
+    )
+    base = SimulateOptions(
+        dataset=cfg["dataset"],
+        clients=int(cfg["clients"]),
+        out=d,
+        run=run,
+        events_per_user=int(cfg.get("events_per_user", 60)),
+        max_events_per_client=cfg.get("max_events_per_client", 5000),
+        holdout=float(cfg.get("holdout", 0.2)),
+        taxonomy=Path(cfg["taxonomy"]) if cfg.get("taxonomy") else None,
+        device_budgets={int(k): float(v) for k, v in (cfg.get("device_budgets") or {}).items()},
+    )
+    return replace(base, **over)
+
+
+def _finish(
+    opts: SimulateOptions,
+    run: RunConfig,
+    bundle: DatasetBundle,
+    events: list[Event],
+    held: list[Event],
+    train: dict[str, list[Event]],
+    test: dict[str, list[Event]],
+    encoder: TextEncoder,
+    cache: EmbeddingCache,
+    projection: PublicProjection,
+    labels: LabelSpace,
+    summaries: list[RoundSummary],
+    clients: int,
+    out: Path,
+    t0: float,
+    encode_seconds: float,
+    fl_seconds: float,
+) -> dict[str, Any]:
+    if opts.resume:
+        _rewrite_outputs_from_db(out)
+        from server.storage import ServerStorage
+
+        with ServerStorage(out / "server.db") as st:
+            # metrics describe the whole run, the rounds before the crash included
+            summaries = [
+                RoundSummary(
+                    **{k: v for k, v in r.items() if k in RoundSummary.__dataclass_fields__}
+                )
+                for r in st.rounds()
+            ]
     h = Hierarchy.load(out / "hierarchy.json") if (out / "hierarchy.json").exists() else None
     if h is None:
         raise ConfigError(
             "the run produced no hierarchy (every round was skipped); see rounds.jsonl."
         )
-
     metrics = _metrics(
         opts,
         run,
@@ -382,7 +511,7 @@ def simulate(
         labels,
         h,
         summaries,
-        len(parts),
+        clients,
         out,
     )
     metrics["wall_seconds"] = round(time.perf_counter() - t0, 2)
@@ -390,8 +519,8 @@ def simulate(
         "encode_seconds": round(encode_seconds, 2),
         "federated_seconds": round(fl_seconds, 2),
     }
-    (out / "metrics.json").write_text(
-        json.dumps(json_safe(metrics), indent=1, sort_keys=True) + "\n", encoding="utf-8"
+    _atomic_write(
+        out / "metrics.json", json.dumps(json_safe(metrics), indent=1, sort_keys=True) + "\n"
     )
     cache.close()
     return metrics
@@ -444,7 +573,8 @@ def _run_flower(
     p = run.privacy
     budget = None if p.no_dp else p.device_budget_epsilon
     client = build_client_app(
-        _settings_resolver(stores, budget, p.no_dp, opts.noise_seed, opts.device_budgets)
+        _settings_resolver(stores, budget, p.no_dp, opts.noise_seed, opts.device_budgets),
+        mods=list(opts.client_mods),
     )
     catalogue = sorted(items) if items else None
     server = build_server_app(

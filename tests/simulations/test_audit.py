@@ -44,7 +44,7 @@ def small_budget_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.slow
 def test_small_budget_device_stops_and_audit_is_clean(small_budget_run: Path) -> None:
-    """The small-budget device releases in round 1 only; the server keeps going with the others;
+    """The small-budget device releases leaf sums in round 1 only; the server keeps going with the others;
     audit.json shows every device within budget and matches dp-accounting."""
     rounds = [json.loads(x) for x in (small_budget_run / "rounds.jsonl").read_text().splitlines()]
     assert [r["status"] for r in rounds] == ["ok", "ok", "ok"]
@@ -56,7 +56,11 @@ def test_small_budget_device_stops_and_audit_is_clean(small_budget_run: Path) ->
         == []
     )
     per = {d["device"]: d for d in report["event_level"]["per_device"]}
-    assert per["client-00000"]["entries"] == 1 and per["client-00001"]["entries"] == 3
+    # device 0: one leaf-sum release (round 1) plus the cheap item-count release of the last
+    # round, which its remaining budget still covers; device 1: three sums plus the counts
+    assert per["client-00000"]["entries"] == 2 and per["client-00001"]["entries"] == 4
+    assert set(per["client-00000"]["per_round"]) == {"1", "3"}
+    assert set(per["client-00000"]["per_mechanism"]) == {"gaussian_sum", "gaussian_count"}
     assert report["event_level"]["epsilon_max"] == pytest.approx(2.0, rel=0.01)
     assert report["flags"] == []
     for key in ("epsilon_max", "epsilon_median"):

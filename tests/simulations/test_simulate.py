@@ -15,7 +15,15 @@ from flwr.common.secure_aggregation.secaggplus_constants import (
 from client.store import EventStore
 from common.config import PrivacyConfig, RunConfig
 from common.hierarchy import Hierarchy
-from common.records import REPLY_ARRAYS, REPLY_META, SUMS, ReleaseMode, ReplyKeys, ReplyStatus
+from common.records import (
+    COUNTS,
+    REPLY_ARRAYS,
+    REPLY_META,
+    SUMS,
+    ReleaseMode,
+    ReplyKeys,
+    ReplyStatus,
+)
 from simulations.evaluation import METRIC_KEYS
 from simulations.simulate import SimulateOptions, simulate
 
@@ -76,7 +84,9 @@ def test_secagg_simulation_end_to_end(tmp_path: Path, cache: Path) -> None:
     assert len(stores) == 6
     for p in stores:
         with EventStore(p, create=False) as s:
-            assert [e.server_round for e in s.ledger()] == [1, 2]
+            # leaf sums in rounds 1 and 2, plus the DP item counts of the last round
+            got = [(e.server_round, e.mechanism.value) for e in s.ledger()]
+            assert got == [(1, "gaussian_sum"), (2, "gaussian_sum"), (2, "gaussian_count")]
     # egress: SecAgg+ replies carry protocol records and the allow-listed metadata only
     assert replies
     for r in replies:
@@ -108,16 +118,25 @@ def test_local_mode_replies_are_exactly_the_allow_list(tmp_path: Path, cache: Pa
     metrics = simulate(
         _options(tmp_path / "run", cache, ReleaseMode.LOCAL), on_reply=replies.append
     )
-    assert metrics["mode"] == "local" and len(replies) == 12
+    # 6 clients x 2 rounds of leaf sums, then one item-count release each after the last round
+    assert metrics["mode"] == "local" and len(replies) == 18
+    kinds = []
     for r in replies:
         k = _record_keys(r)
-        assert set(k["arrays"]) == {REPLY_ARRAYS} and set(k["arrays"][REPLY_ARRAYS]) == {SUMS}
-        dtype, shape = k["arrays"][REPLY_ARRAYS][SUMS]
-        assert dtype == "float32" and len(shape) == 2 and shape[1] == 128
+        assert set(k["arrays"]) == {REPLY_ARRAYS}
+        (name,) = set(k["arrays"][REPLY_ARRAYS])
+        kinds.append(name)
+        dtype, shape = k["arrays"][REPLY_ARRAYS][name]
+        assert dtype == "float32"
+        if name == SUMS:
+            assert len(shape) == 2 and shape[1] == 128
+        else:
+            assert name == COUNTS and len(shape) == 1 and shape[0] > 0
         assert set(k["configs"]) == {REPLY_META} and not k["metrics"]
         meta = k["configs"][REPLY_META]
         assert set(meta) == {ReplyKeys.STATUS, ReplyKeys.SERVER_ROUND, ReplyKeys.HIERARCHY_VERSION}
         assert all(isinstance(v, (int, str)) for v in meta.values())
+    assert kinds.count(SUMS) == 12 and kinds.count(COUNTS) == 6
 
 
 def test_events_file_without_categories_omits_metrics(tmp_path: Path, cache: Path) -> None:
@@ -247,7 +266,7 @@ def test_adapter_round_trip_in_simulation(tmp_path: Path, cache: Path) -> None:
     for p in sorted((out / "clients").glob("*.db")):
         with EventStore(p, create=False) as s:
             kinds = sorted(e.mechanism.value for e in s.ledger())
-        assert kinds == ["dpsgd", "dpsgd", "gaussian_sum", "gaussian_sum"]
+        assert kinds == ["dpsgd", "dpsgd", "gaussian_count", "gaussian_sum", "gaussian_sum"]
     with ServerStorage(out / "server.db") as st:
         user = [e for e in st.ledger() if e.scope is Scope.USER]
     assert sum(e.mechanism is Mechanism.SERVER_GAUSSIAN for e in user) == 2
