@@ -44,9 +44,11 @@ from common.events import (
 from common.features import UserAggregates, user_aggregates
 from common.privacy.ledger import LedgerEntry
 
-__all__ = ["SCHEMA_VERSION", "EmbeddingCache", "EventStore"]
+__all__ = ["MAX_INGEST_BATCH", "SCHEMA_VERSION", "EmbeddingCache", "EventStore"]
 
 SCHEMA_VERSION: Final[int] = 1
+#: the most events one ingest transaction holds in memory (a resource limit)
+MAX_INGEST_BATCH: Final[int] = 100_000
 
 _EMBEDDINGS_DDL = """
 CREATE TABLE IF NOT EXISTS embeddings (
@@ -317,8 +319,11 @@ class EventStore:
         Returns:
             The :class:`IngestReport`: accepted, duplicates, rejected with line and reason.
         """
-        if batch_size < 1:
-            raise StoreError(f"`batch_size` must be >= 1. Found {batch_size!r}.")
+        if not 1 <= batch_size <= MAX_INGEST_BATCH:
+            raise StoreError(
+                f"`batch_size` must be in [1, {MAX_INGEST_BATCH}] (events held in memory per "
+                f"transaction). Found {batch_size!r}."
+            )
         report = IngestReport()
         batch: list[Event] = []
         for item in items:

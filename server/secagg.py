@@ -111,6 +111,20 @@ class _GuardedSecAggPlus(SecAggPlusWorkflow):
         self.halted_reason: str | None = None
         self.stage_failures: list[str] = []
 
+    def share_keys_stage(self, grid: Grid, context: LegacyContext, state: Any) -> bool:
+        ok = bool(super().share_keys_stage(grid, context, state))
+        # Flower 1.42 keeps every device sampled at setup in `sampled_node_ids`, so a device
+        # that dropped before its key shares went out is later treated as "dead": the
+        # survivors are asked for shares of it they never received (KeyError on every device,
+        # the round fails) and the server would strip pairwise masks nobody added. Only the
+        # devices whose shares were forwarded take part in masking from here on.
+        alive = set(state.active_node_ids)
+        state.sampled_node_ids = alive
+        state.nid_to_neighbours = {
+            nid: set(nb) & alive for nid, nb in state.nid_to_neighbours.items() if nid in alive
+        }
+        return ok
+
     def collect_masked_vectors_stage(self, grid: Grid, context: LegacyContext, state: Any) -> bool:
         ok = bool(super().collect_masked_vectors_stage(grid, context, state))
         self.stage_failures = [str(f) for f in state.failures]

@@ -755,6 +755,79 @@ def _cmd_labels(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# report / sweep
+# --------------------------------------------------------------------------------------------
+
+
+def _stderr_lines(args: argparse.Namespace, prefix: str = "") -> Callable[[str], None] | None:
+    if args.quiet or args.json:
+        return None
+    return lambda m: print(f"{prefix}{m}", file=sys.stderr, flush=True)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from simulations.report import MAX_REPORT_BYTES, write_report
+
+    res = write_report(
+        args.run_dir,
+        args.out,
+        reaudit=args.reaudit,
+        utility=not args.no_utility,
+        utility_devices=args.utility_devices,
+        compress=not args.no_compress,
+        progress=_stderr_lines(args),
+    )
+    payload = res.to_dict()
+    s = res.summary
+
+    def human() -> None:
+        print(
+            f"wrote {res.path} ({res.bytes / 1e6:.2f} MB, {res.figures} charts, "
+            f"sections: {', '.join(res.sections)}) in {res.seconds:.1f}s"
+        )
+        print(
+            f"  tree v{s['hierarchy_version']}: {s['level1_nodes']} broad / {s['level2_nodes']} fine "
+            f"interests over {s['versions']} versions; event-level epsilon "
+            f"{_fmt_eps(s['epsilon_event_level_max'])}, user-level "
+            f"{_fmt_eps(s['epsilon_user_level']) if s['epsilon_user_level'] is not None else '-'}, "
+            f"audit flags {s['audit_flags']}"
+            + (f", empirical audit: {', '.join(s['empirical'])}" if s["empirical"] else "")
+        )
+        if res.bytes > MAX_REPORT_BYTES:
+            print(f"  note: larger than {MAX_REPORT_BYTES / 1e6:.0f} MB", file=sys.stderr)
+
+    _emit(args, payload, human)
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from simulations.sweep import format_table, options_from_args, run_sweep
+
+    opts = options_from_args(args)
+    doc = run_sweep(
+        opts, progress=_stderr_lines(args), simulate_progress=_stderr_lines(args, "    ")
+    )
+    failed = [r for r in doc["runs"] if r["status"] == "failed"]
+
+    def human() -> None:
+        print(format_table(doc))
+        print(
+            f"wrote {opts.out}/sweep.json and {opts.out}/report.html "
+            f"({len(doc['runs']) - len(failed)}/{len(doc['runs'])} runs, {doc['seconds']:.0f}s)"
+        )
+
+    _emit(args, doc, human)
+    if failed:
+        print(
+            f"fedinterest: error: {len(failed)} run(s) failed: "
+            + "; ".join(f"epsilon {r['epsilon']:g}: {r['error']}" for r in failed),
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
 # parser
 # --------------------------------------------------------------------------------------------
 
@@ -1060,6 +1133,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     aud.add_argument("--cache", help="embedding cache file")
     aud.set_defaults(func=_cmd_audit)
+
+    rep = sub.add_parser(
+        "report", parents=[out], help="write RUN_DIR/report.html: tree, epsilon, utility, audit"
+    )
+    rep.add_argument("run_dir", help="a run directory written by simulate")
+    rep.add_argument("--out", type=Path, help="output file (default RUN_DIR/report.html)")
+    rep.add_argument(
+        "--reaudit", action="store_true", help="recompute audit.json even when it is up to date"
+    )
+    rep.add_argument(
+        "--no-utility",
+        action="store_true",
+        help="skip the per-version metrics (they read the device stores)",
+    )
+    rep.add_argument(
+        "--utility-devices",
+        type=_positive_int,
+        default=300,
+        help="device stores read for the per-version metrics (default 300, an even sample)",
+    )
+    rep.add_argument(
+        "--no-compress", action="store_true", help="inline plotly.js uncompressed (bigger file)"
+    )
+    rep.set_defaults(func=_cmd_report)
+
+    from simulations.sweep import add_arguments as _sweep_arguments
+
+    swp = sub.add_parser(
+        "sweep", parents=[out], help="simulate once per epsilon; utility against epsilon"
+    )
+    _sweep_arguments(swp)
+    swp.set_defaults(func=_cmd_sweep)
 
     lab = sub.add_parser(
         "labels", parents=[out], help="embed a label vocabulary for the server (labels.npz)"

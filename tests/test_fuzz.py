@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -241,3 +242,20 @@ def test_huge_line_and_deep_json_limits(tmp_path: Path) -> None:
     with EventStore(tmp_path / "s.db") as store:
         rep = store.ingest(read_jsonl(path))
     assert rep.accepted == 2 and rep.reasons == {"line_too_long": 1, "bad_json": 1}
+
+
+def test_resource_limits_fail_with_clear_errors(tmp_path: Path) -> None:
+    """Ingest batch size, replies per round: out-of-range limits are refused by name and value,
+    and nothing already stored is lost."""
+    from client.store import MAX_INGEST_BATCH
+    from common.config import RunConfig
+    from common.errors import StoreError
+
+    good = {"user_id": "u", "timestamp": 1.7e9, "event_type": "view", "item_id": "i", "text": "a"}
+    with EventStore(tmp_path / "s.db") as store:
+        assert store.ingest([(1, good)]).accepted == 1
+        with pytest.raises(StoreError, match=f"batch_size.*{MAX_INGEST_BATCH}.*1000000"):
+            store.ingest([(1, {**good, "text": "b"})], batch_size=1_000_000)
+        assert store.count() == 1
+    with pytest.raises(ConfigError, match=r"max_replies.*1"):
+        RunConfig(max_replies=1)
