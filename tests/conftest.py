@@ -41,3 +41,9 @@ def encoder():  # type: ignore[no-untyped-def]
     from client.encoder import MiniLMEncoder
 
     return MiniLMEncoder()
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One embedding cache for every simulation in the session: each text is encoded once."""
+    return tmp_path_factory.mktemp("cache") / "embeddings.db"

@@ -20,10 +20,9 @@ from simulations.simulate import SimulateOptions, simulate
 
 
 @pytest.fixture(scope="module")
-def small_budget_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def small_budget_run(tmp_path_factory: pytest.TempPathFactory, cache: Path) -> Path:
     """6 devices x 3 rounds; device 0's budget allows exactly one release."""
     out = tmp_path_factory.mktemp("audit") / "run"
-    cache = tmp_path_factory.mktemp("cache") / "c.db"
     run = RunConfig(rounds=3, seed=3, privacy=PrivacyConfig(epsilon=2.0, mode=ReleaseMode.LOCAL))
     from common.privacy import gaussian_epsilon, noise_multiplier_for_rounds
 

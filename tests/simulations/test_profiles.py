@@ -24,9 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def run_dir(tmp_path_factory: pytest.TempPathFactory, cache: Path) -> Path:
     out = tmp_path_factory.mktemp("profiles") / "run"
-    cache = tmp_path_factory.mktemp("cache") / "c.db"
     run = RunConfig(
         rounds=2,
         seed=4,

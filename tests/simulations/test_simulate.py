@@ -30,11 +30,6 @@ from simulations.simulate import SimulateOptions, simulate
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="session")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("cache") / "embeddings.db"
-
-
 def _options(out: Path, cache: Path, mode: ReleaseMode, **over: Any) -> SimulateOptions:
     run = RunConfig(rounds=2, seed=3, privacy=PrivacyConfig(epsilon=2.0, mode=mode))
     base: dict[str, Any] = dict(
