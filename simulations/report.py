@@ -686,6 +686,8 @@ def render_page(page: Page, *, compress: bool = True) -> str:
         f'<body><header><h1>{html.escape(page.title)}</h1><div class="sub">{html.escape(page.subtitle)}</div></header>'
         f"<nav>{nav}</nav><main>"
         f'<div id="fi-status" class="fig-status">Drawing the charts…</div>'
+        '<noscript><p class="fig-status">The charts need JavaScript; every table below is '
+        "complete without it.</p></noscript>"
         f'<div class="tiles">{tiles}</div>'
         + "\n".join(body)
         + "</main><footer>Self-contained report: no request leaves this page. "
