@@ -39,7 +39,7 @@ from client.release import (
 from client.store import EventStore
 from common.adapter import AdapterWeights
 from common.errors import BudgetExceededError, ConfigError
-from common.legacy_layout import read_fitins, to_fitres
+from common.legacy_layout import compact_masked_vectors, read_fitins, to_fitres
 from common.privacy import PrivacyBudget
 from common.records import (
     ADAPTER,
@@ -235,6 +235,15 @@ def _run_adapter(
     return new
 
 
+def _compact_upload_mod(msg: Message, context: Context, call_next: Any) -> Message:
+    """Around ``secaggplus_mod``: the masked vector leaves as uint32 instead of int64 (the
+    same integers mod 2^32; half the upload, see :func:`common.legacy_layout.compact_masked_vectors`)."""
+    reply: Message = call_next(msg, context)
+    if not reply.has_error():
+        compact_masked_vectors(reply.content)
+    return reply
+
+
 def _meta(status: ReplyStatus, cfg: dict[str, Any]) -> dict[str, Any]:
     return {
         ReplyKeys.STATUS: status.value,
@@ -251,7 +260,7 @@ def build_client_app(
     are Flower mods around every handler (e.g. fault injection in simulations)."""
     client = ClientApp(mods=mods or [])
 
-    @client.train(mods=[secaggplus_mod])
+    @client.train(mods=[_compact_upload_mod, secaggplus_mod])
     def train_secagg(msg: Message, context: Context) -> Message:
         arrays, cfg = read_fitins(msg.content)
         adapter = AdapterWeights(arrays[1], arrays[2]) if len(arrays) == 3 else None

@@ -13,7 +13,16 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["fitins_for_devices", "read_fitins", "read_fitres_metadata", "to_fitres"]
+__all__ = [
+    "compact_masked_vectors",
+    "fitins_for_devices",
+    "read_fitins",
+    "read_fitres_metadata",
+    "to_fitres",
+    "widen_masked_vectors",
+]
+
+_UINT32_END = 1 << 32
 
 
 def fitins_for_devices(arrays: list[npt.NDArray[np.float32]], config: Mapping[str, Any]) -> Any:
@@ -62,3 +71,53 @@ def to_fitres(release: npt.NDArray[np.floating], metadata: Mapping[str, Any]) ->
 def read_fitres_metadata(fitres: Any) -> dict[str, Any]:
     """Server side: the plaintext metadata of a legacy FitRes."""
     return dict(fitres.metrics)
+
+
+def _masked_list(content: Any) -> tuple[Any, str] | None:
+    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
+
+    rec = content.config_records.get(RECORD_KEY_CONFIGS)
+    if rec is None or Key.MASKED_PARAMETERS not in rec:
+        return None
+    return rec, str(Key.MASKED_PARAMETERS)
+
+
+def compact_masked_vectors(content: Any) -> int:
+    """Device side, in place: SecAgg+'s masked vector (stage 'collect masked vectors') holds
+    integers mod 2^32 that flwr 1.42 ships as int64; re-encode them as uint32, lossless and
+    half the upload (a 257 x 128 release: 263 kB -> 132 kB). Returns the bytes saved.
+
+    Any array outside ``[0, 2^32)`` (never, for SecAgg+'s modulus) is left as it is."""
+    from flwr.common import bytes_to_ndarray, ndarray_to_bytes
+
+    found = _masked_list(content)
+    if found is None:
+        return 0
+    rec, key = found
+    out, saved = [], 0
+    for raw in rec[key]:
+        arr = bytes_to_ndarray(raw)
+        wide_int = arr.dtype.kind in "iu" and arr.dtype.itemsize > 4
+        if wide_int and (arr.size == 0 or (int(arr.min()) >= 0 and int(arr.max()) < _UINT32_END)):
+            new = ndarray_to_bytes(arr.astype(np.uint32))
+            saved += len(raw) - len(new)
+            raw = new
+        out.append(raw)
+    rec[key] = out
+    return saved
+
+
+def widen_masked_vectors(content: Any) -> None:
+    """Server side, in place: uint32 masked vectors back to the int64 arrays Flower's SecAgg+
+    workflow sums (same values; see :func:`compact_masked_vectors`)."""
+    from flwr.common import bytes_to_ndarray, ndarray_to_bytes
+
+    found = _masked_list(content)
+    if found is None:
+        return
+    rec, key = found
+    out = []
+    for raw in rec[key]:
+        arr = bytes_to_ndarray(raw)
+        out.append(ndarray_to_bytes(arr.astype(np.int64)) if arr.dtype == np.uint32 else raw)
+    rec[key] = out

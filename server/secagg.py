@@ -6,6 +6,20 @@
 ``num_examples = 1``, so the workflow's weighted average is the plain mean, and the sum is
 ``mean x survivors``. Before unmasking, the round is aborted if fewer than ``min_survivors``
 devices sent masked vectors: their noise shares would not add up to the calibrated noise.
+
+**Shares per device** (:data:`DEFAULT_NUM_SHARES`, a bounded constant): each device
+secret-shares its mask seed and its masking key with ``num_shares - 1`` neighbours (a random
+ring, Flower's SecAgg+ graph), any ``reconstruction_threshold`` x ``num_shares`` of which
+recover them. A device's crypto grows linearly with ``num_shares`` (one key agreement, one
+encrypted share and one pseudo-random mask of the release's size per neighbour; measured
+~80 ms per round at 11 shares, ~240 ms at 21, ~270 ms at 31, on this 2-core machine), so it
+stays fixed as the cohort grows instead of growing with it (``num_shares = n`` costs O(n^2)).
+The trade-off: the server, to unmask one device's release, needs the threshold's worth of
+that device's neighbours to collude with it. With 11 shares and threshold 7 (10 neighbours),
+under a random graph and a colluding fraction ``g`` of devices, a given device's seed is
+exposed with probability ``P[Binomial(10, g) >= 7]``: 9e-6 at g = 0.1, 9e-4 at g = 0.2,
+1e-2 at g = 0.3; 21 shares (threshold 13) give 4e-9, 2e-5 and 1e-3, at three times the device
+cost (``docs/performance.md``). Pass ``num_shares`` for a stronger setting.
 """
 
 from __future__ import annotations
@@ -30,9 +44,27 @@ from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 from flwr.serverapp import Grid
 
-from common.legacy_layout import fitins_for_devices, read_fitres_metadata
+from common.legacy_layout import fitins_for_devices, read_fitres_metadata, widen_masked_vectors
 
-__all__ = ["SecAggOutcome", "secagg_sum"]
+__all__ = [
+    "DEFAULT_NUM_SHARES",
+    "DEFAULT_RECONSTRUCTION_THRESHOLD",
+    "SecAggOutcome",
+    "default_num_shares",
+    "secagg_sum",
+]
+
+#: Shares per device in cohorts larger than this (smaller cohorts: every device shares with all).
+DEFAULT_NUM_SHARES = 11
+#: The share of a device's shares that reconstructs its secrets.
+DEFAULT_RECONSTRUCTION_THRESHOLD = 0.6
+
+
+def default_num_shares(cohort: int) -> int | float:
+    """Shares per device for a cohort of ``cohort`` devices: all of them (Flower's ``1.0``) up
+    to :data:`DEFAULT_NUM_SHARES`, then that constant (see the module docstring)."""
+    return 1.0 if cohort <= DEFAULT_NUM_SHARES else DEFAULT_NUM_SHARES
+
 
 log = logging.getLogger("fedinterest.server")
 
@@ -102,6 +134,45 @@ class _CollectStrategy(Strategy):
         return None
 
 
+class _WideningGrid(Grid):
+    """Passes everything to ``inner``; masked vectors that arrive as uint32 (the devices'
+    compact upload, :func:`common.legacy_layout.compact_masked_vectors`) are widened back to the
+    int64 arrays Flower's workflow sums. Bytes are metered by ``inner``, at their wire size."""
+
+    def __init__(self, inner: Grid) -> None:
+        self._inner = inner
+
+    @property
+    def run(self) -> Any:
+        return self._inner.run
+
+    def set_run(self, run: Any) -> None:
+        self._inner.set_run(run)
+
+    def create_message(self, *args: Any, **kwargs: Any) -> Any:
+        return self._inner.create_message(*args, **kwargs)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self._inner.get_node_ids()
+
+    def push_messages(self, messages: Iterable[Any]) -> Iterable[str]:
+        return self._inner.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Any]:
+        return self._widen(self._inner.pull_messages(message_ids))
+
+    def send_and_receive(self, messages: Iterable[Any], *, timeout: float | None = None) -> Any:
+        return self._widen(self._inner.send_and_receive(messages, timeout=timeout))
+
+    @staticmethod
+    def _widen(replies: Iterable[Any]) -> list[Any]:
+        out = list(replies)
+        for msg in out:
+            if not msg.has_error():
+                widen_masked_vectors(msg.content)
+        return out
+
+
 class _GuardedSecAggPlus(SecAggPlusWorkflow):
     """SecAgg+ that halts before unmasking when too few masked vectors arrived."""
 
@@ -126,7 +197,7 @@ class _GuardedSecAggPlus(SecAggPlusWorkflow):
         return ok
 
     def collect_masked_vectors_stage(self, grid: Grid, context: LegacyContext, state: Any) -> bool:
-        ok = bool(super().collect_masked_vectors_stage(grid, context, state))
+        ok = bool(super().collect_masked_vectors_stage(_WideningGrid(grid), context, state))
         self.stage_failures = [str(f) for f in state.failures]
         if ok and len(state.active_node_ids) < self.min_survivors:
             self.halted_reason = (
@@ -149,7 +220,7 @@ def secagg_sum(
     clipping_range: float,
     min_survivors: int,
     num_shares: int | float | None = None,
-    reconstruction_threshold: float = 0.6,
+    reconstruction_threshold: float = DEFAULT_RECONSTRUCTION_THRESHOLD,
     timeout: float | None = None,
 ) -> SecAggOutcome:
     """Sums one release per device under SecAgg+.
@@ -165,7 +236,7 @@ def secagg_sum(
         clipping_range: every release coordinate must lie in ``[-range, range]`` (releases are
             clipped to the user bound, plus the noise share's tails).
         min_survivors: fewest masked vectors to unmask at all.
-        num_shares: secret shares per device (default: all devices up to 10 cohorts, then 11).
+        num_shares: secret shares per device (default: :func:`default_num_shares`).
         reconstruction_threshold: share of the shares needed to reconstruct.
         timeout: seconds per stage.
     """
@@ -182,7 +253,7 @@ def secagg_sum(
         ndarrays_to_parameters([np.zeros(1)]), keep_input=True
     )
     n = len(ids)
-    shares: int | float = num_shares if num_shares is not None else (1.0 if n <= 11 else 11)
+    shares: int | float = num_shares if num_shares is not None else default_num_shares(n)
     # the masked sum of n quantized vectors must stay below the modulus (2**32)
     quant = 1 << max(8, min(22, int(math.log2((2**32 - 1) / (n + 1)))))
     workflow = _GuardedSecAggPlus(

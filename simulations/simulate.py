@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import math
@@ -21,8 +23,9 @@ import os
 import shutil
 import sys
 import time
+import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -222,7 +225,7 @@ def _prepare_stores(
     root = run_dir / "clients"
     root.mkdir(parents=True, exist_ok=True)
     for i, (_uid, evs) in enumerate(parts.items()):
-        path = root / f"client-{i:05d}.db"
+        path = _store_path(root, i)
         with EventStore(path) as store:
             store.ingest(iter_records(evs), flag_quality=False)
             hashes = sorted({text_hash(e.text) for e in evs})
@@ -233,8 +236,12 @@ def _prepare_stores(
     return stores
 
 
+def _store_path(root: Path, partition_id: int) -> Path:
+    return root / f"client-{partition_id:05d}.db"
+
+
 def _settings_resolver(
-    stores: list[Path],
+    root: Path,
     budget: float | None,
     allow_no_dp: bool,
     noise_seed: int | None,
@@ -247,10 +254,67 @@ def _settings_resolver(
         seed = None if noise_seed is None else noise_seed * 100_003 + pid
         eps = overrides.get(pid, budget) if budget is not None else None
         return DeviceSettings(
-            stores[pid], budget_epsilon=eps, allow_no_dp=allow_no_dp, noise_seed=seed
+            _store_path(root, pid), budget_epsilon=eps, allow_no_dp=allow_no_dp, noise_seed=seed
         )
 
     return settings_for
+
+
+@dataclass(frozen=True)
+class _DeviceRecipe:
+    """How a Ray actor rebuilds the simulation's ClientApp (see :func:`_client_app`)."""
+
+    token: str
+    root: str
+    budget: float | None
+    allow_no_dp: bool
+    noise_seed: int | None
+    overrides: tuple[tuple[int, float], ...]
+    mods: tuple[Any, ...]
+
+
+#: The ClientApps this process built, by recipe token (one per simulation per Ray actor).
+_CLIENT_APPS: dict[str, Any] = {}
+
+
+def _client_app(recipe: _DeviceRecipe) -> Any:
+    """The simulation's ClientApp, built once per process.
+
+    Flower's Ray backend pickles the ClientApp with *every* message it sends to an actor. A
+    plain ClientApp pickles its handlers' closures by value (and, before, the list of every
+    device's store path: O(devices) bytes per message, O(devices^2) per round); this one
+    pickles as its small recipe and each actor keeps the app it built from it.
+    """
+    app = _CLIENT_APPS.get(recipe.token)
+    if app is None:
+        from client.app import build_client_app
+        from simulations.flower_speedups import speedups_mod
+
+        app = build_client_app(
+            _settings_resolver(
+                Path(recipe.root),
+                recipe.budget,
+                recipe.allow_no_dp,
+                recipe.noise_seed,
+                dict(recipe.overrides),
+            ),
+            mods=[speedups_mod, *recipe.mods],
+        )
+        app.__class__ = _recipe_app_class()
+        setattr(app, "_fedinterest_recipe", recipe)  # noqa: B010
+        _CLIENT_APPS[recipe.token] = app
+    return app
+
+
+@functools.cache
+def _recipe_app_class() -> type:
+    from flwr.clientapp import ClientApp
+
+    class _RecipeClientApp(ClientApp):
+        def __reduce__(self) -> tuple[Any, ...]:
+            return (_client_app, (getattr(self, "_fedinterest_recipe"),))  # noqa: B009
+
+    return _RecipeClientApp
 
 
 def _quiet_runtime(verbose: bool) -> None:
@@ -258,10 +322,31 @@ def _quiet_runtime(verbose: bool) -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # each Ray actor has one CPU: one BLAS thread (see _single_threaded_blas)
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.ERROR)
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+@contextlib.contextmanager
+def _single_threaded_blas() -> Iterator[None]:
+    """BLAS on one thread in this process (when threadpoolctl is installed).
+
+    The driver's numpy work is many small matrix products (profiles, leaf statistics), done
+    while the Ray actors keep every core busy: measured on the 2-core host under load, a
+    2-thread OpenBLAS call spin-waits for its descheduled partner (a 257 x 128 norm took
+    ~10 ms instead of ~30 us; the profile evaluation spent a quarter of its time there).
+    """
+    try:
+        from threadpoolctl import threadpool_limits  # type: ignore[import-untyped, import-not-found, unused-ignore]
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 
 def simulate(
@@ -277,6 +362,16 @@ def simulate(
         progress: called with one human-readable line per step and round.
         on_reply: called with every reply message the server receives (egress tests).
     """
+    with _single_threaded_blas():
+        return _simulate(opts, progress=progress, on_reply=on_reply)
+
+
+def _simulate(
+    opts: SimulateOptions,
+    *,
+    progress: Callable[[str], None] | None,
+    on_reply: Callable[[Any], None] | None,
+) -> dict[str, Any]:
     say = progress or (lambda _msg: None)
     t0 = time.perf_counter()
     run = opts.run
@@ -497,6 +592,7 @@ def _finish(
         raise ConfigError(
             "the run produced no hierarchy (every round was skipped); see rounds.jsonl."
         )
+    t_eval = time.perf_counter()
     metrics = _metrics(
         opts,
         run,
@@ -514,10 +610,15 @@ def _finish(
         clients,
         out,
     )
+    evaluate_seconds = time.perf_counter() - t_eval
     metrics["wall_seconds"] = round(time.perf_counter() - t0, 2)
     metrics["timing"] = {
         "encode_seconds": round(encode_seconds, 2),
         "federated_seconds": round(fl_seconds, 2),
+        "evaluate_seconds": round(evaluate_seconds, 2),
+        "prepare_seconds": round(
+            metrics["wall_seconds"] - encode_seconds - fl_seconds - evaluate_seconds, 2
+        ),
     }
     _atomic_write(
         out / "metrics.json", json.dumps(json_safe(metrics), indent=1, sort_keys=True) + "\n"
@@ -567,14 +668,24 @@ def _run_flower(
 ) -> None:
     from flwr.simulation import run_simulation
 
-    from client.app import build_client_app
     from server.app import build_server_app
+    from simulations.flower_speedups import flower_speedups
 
     p = run.privacy
     budget = None if p.no_dp else p.device_budget_epsilon
-    client = build_client_app(
-        _settings_resolver(stores, budget, p.no_dp, opts.noise_seed, opts.device_budgets),
-        mods=list(opts.client_mods),
+    root = stores[0].parent if stores else out / "clients"
+    if any(path != _store_path(root, i) for i, path in enumerate(stores)):
+        raise ConfigError(f"device stores must be {root}/client-NNNNN.db, numbered from 0.")
+    client = _client_app(
+        _DeviceRecipe(
+            token=uuid.uuid4().hex,
+            root=str(root),
+            budget=budget,
+            allow_no_dp=p.no_dp,
+            noise_seed=opts.noise_seed,
+            overrides=tuple(sorted(opts.device_budgets.items())),
+            mods=tuple(opts.client_mods),
+        )
     )
     catalogue = sorted(items) if items else None
     server = build_server_app(
@@ -595,13 +706,17 @@ def _run_flower(
             "log_to_driver": opts.verbose,
         },
     }
-    run_simulation(
-        server_app=server,
-        client_app=client,
-        num_supernodes=len(stores),
-        backend_config=backend,
-        verbose_logging=opts.verbose,
-    )
+    try:
+        with flower_speedups():
+            run_simulation(
+                server_app=server,
+                client_app=client,
+                num_supernodes=len(stores),
+                backend_config=backend,
+                verbose_logging=opts.verbose,
+            )
+    finally:
+        _CLIENT_APPS.clear()
 
 
 def _metrics(
