@@ -302,10 +302,10 @@ def _open(path: Path, shots: Path) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def sweep_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def sweep_dir(tmp_path_factory: pytest.TempPathFactory, cache: Path) -> Path:
     """A two-epsilon sweep (6 devices x 2 rounds each, SecAgg+) on a JSON Lines file of
     synthetic events with their categories: only those events' texts and the label vocabulary
-    get encoded, not the synthetic catalogue, which keeps the fixture short."""
+    get encoded (into the session's shared cache), not the synthetic catalogue."""
     from simulations.datasets.synthetic import SyntheticConfig, generate, write_jsonl
 
     base = tmp_path_factory.mktemp("report")
@@ -315,9 +315,7 @@ def sweep_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     opts = SweepOptions(
         epsilons=(1.0, 4.0),
         out=base / "sweep",
-        base=SimulateOptions(
-            dataset=f"events:{events}", clients=6, run=run, cache=base / "embeddings.db"
-        ),
+        base=SimulateOptions(dataset=f"events:{events}", clients=6, run=run, cache=cache),
     )
     doc = run_sweep(opts)
     assert [r["status"] for r in doc["runs"]] == ["ok", "ok"], doc["runs"]
@@ -325,7 +323,7 @@ def sweep_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
-def test_sweep_writes_json_report_and_resumes(sweep_dir: Path) -> None:
+def test_sweep_writes_json_report_and_resumes(sweep_dir: Path, cache: Path) -> None:
     """sweep.json has one finished run per epsilon with the spent epsilon and the baselines;
     running the same sweep again reuses both runs instead of simulating."""
     doc = json.loads((sweep_dir / "sweep.json").read_text())
@@ -343,7 +341,7 @@ def test_sweep_writes_json_report_and_resumes(sweep_dir: Path) -> None:
         dataset=doc["settings"]["dataset"],
         clients=6,
         run=RunConfig(rounds=2, seed=3, privacy=PrivacyConfig(epsilon=4.0)),
-        cache=sweep_dir.parent / "embeddings.db",
+        cache=cache,
     )
     t0 = time.perf_counter()
     again = run_sweep(SweepOptions(epsilons=(1.0, 4.0), out=sweep_dir, base=settings))
