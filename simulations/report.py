@@ -1027,6 +1027,8 @@ def _empirical_figure(emp: Mapping[str, Any]) -> Any:
             ],
             name="accounted epsilon (ledgers)",
             marker_color="#1f77b4",
+            texttemplate="%{y:.3f}",
+            textposition="outside",
         )
     )
     fig.add_trace(
@@ -1035,6 +1037,9 @@ def _empirical_figure(emp: Mapping[str, Any]) -> Any:
             y=[_finite(emp[k].get("epsilon_lower_bound")) for k in kinds],
             name="empirical lower bound (95%)",
             marker_color="#d62728",
+            texttemplate="%{y:.3f}",
+            textposition="outside",
+            cliponaxis=False,
         )
     )
     fig.update_layout(
