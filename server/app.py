@@ -1,10 +1,12 @@
 """Thin Flower ServerApp glue.
 
-The deployed ServerApp (``server.app:app``) reads its configuration from Flower's run config
-(:meth:`common.config.RunConfig.from_run_config`) plus two keys of its own: ``run-dir`` (where
-the server database, ``hierarchy.json`` and ``rounds.jsonl`` go) and ``labels-file`` (the
-label vocabulary embedded with the devices' encoder and the run's projection, written by
-``fedinterest labels``; the server never loads a language model itself).
+The deployed ServerApp (``server.app:app``, packaged for ``flwr run`` in ``server/flwr_app``)
+reads its configuration from Flower's run config
+(:meth:`common.config.RunConfig.from_run_config`) plus keys of its own: ``run-dir`` (where the
+server database, ``hierarchy.json``, ``rounds.jsonl``, ``config.json`` and ``metrics.json``
+go), ``labels-file`` (the label vocabulary embedded with the devices' encoder and the run's
+projection, written by ``fedinterest labels``; the server never loads a language model itself),
+both absolute paths, and ``expected-nodes`` (devices to wait for before round 1).
 """
 
 from __future__ import annotations
@@ -66,10 +68,13 @@ def build_server_app(
 
 def _from_run_config(cfg: dict[str, Any]) -> tuple[RunConfig, LabelSpace, Path, int | None]:
     own = {RUN_DIR_KEY, LABELS_FILE_KEY, EXPECTED_NODES_KEY}
-    if RUN_DIR_KEY not in cfg or LABELS_FILE_KEY not in cfg:
-        raise ConfigError(
-            f"the run config needs `{RUN_DIR_KEY}` and `{LABELS_FILE_KEY}`. Found {sorted(cfg)}."
-        )
+    for key in (RUN_DIR_KEY, LABELS_FILE_KEY):
+        # the app's pyproject lists both with "" (a key must exist there to be overridable)
+        if not str(cfg.get(key, "")) or not Path(str(cfg[key])).is_absolute():
+            raise ConfigError(
+                f"the run config needs `{key}` as an absolute path (flwr run ... --run-config "
+                f"'{key}=\"/abs/path\"'). Found {cfg.get(key)!r}."
+            )
     run = RunConfig.from_run_config({k: v for k, v in cfg.items() if k not in own})
     labels = LabelSpace.load(str(cfg[LABELS_FILE_KEY]))
     expected = cfg.get(EXPECTED_NODES_KEY)
@@ -81,8 +86,40 @@ app = ServerApp()
 
 @app.main()
 def _deployed_main(grid: Grid, context: Context) -> None:
-    run, labels, run_dir, expected = _from_run_config(dict(context.run_config))
+    from server.deploy import write_run_config, write_run_metrics
+
+    cfg = dict(context.run_config)
+    run, labels, run_dir, expected = _from_run_config(cfg)
+    write_run_config(
+        run_dir,
+        run,
+        labels_file=str(cfg[LABELS_FILE_KEY]),
+        expected_nodes=expected,
+        flower_run_id=grid.run.run_id,
+    )
+    labels.save(run_dir / "labels.npz")
     with ServerStorage(run_dir / "server.db") as storage:
-        InterestServer(run, labels, storage, run_dir=run_dir, expected_nodes=expected).run(
-            grid, context
-        )
+        InterestServer(
+            run, labels, storage, run_dir=run_dir, expected_nodes=expected, on_round=_log_round
+        ).run(grid, context)
+        write_run_metrics(run_dir, run, storage.rounds())
+
+
+def _log_round(s: RoundSummary) -> None:
+    # Flower streams its own logger's output to `flwr run --stream`
+    from flwr.common.logger import log as flwr_log
+
+    flwr_log(
+        logging.INFO,
+        "[fedinterest] round %d: %s, %d/%d releases summed, tree v%s (%d broad interests), "
+        "event-level epsilon %.3f, %.1fs%s",
+        s.server_round,
+        s.status,
+        s.usable,
+        s.sampled,
+        s.hierarchy_version,
+        s.level1_nodes,
+        s.epsilon_event_level,
+        s.seconds,
+        f", failures {dict(s.failures)}" if s.failures else "",
+    )

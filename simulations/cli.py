@@ -1200,6 +1200,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch threads (default: torch's choice)",
     )
     enc.set_defaults(func=_cmd_encode)
+
+    # deployment on Flower's Deployment Engine: `fedinterest server ...`, `fedinterest node ...`
+    from simulations.deploy_cli import add_deploy_parsers
+
+    add_deploy_parsers(sub, out)
     return parser
 
 
