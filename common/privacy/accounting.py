@@ -9,8 +9,9 @@ Each :class:`~common.privacy.ledger.LedgerEntry` maps to a ``dp_accounting`` ``D
 All records of one scope are composed with the PLD accountant (default) or RDP. Before
 composing, un-sampled Gaussian events are merged into one exactly equivalent Gaussian
 (``z = (sum_i steps_i z_i^-2)^-1/2``; Dong, Roth and Su 2022, Cor. 3.3), which keeps long
-ledgers cheap; :func:`epsilon_of_entries` with ``merge_gaussians=False`` composes them one by
-one, and the tests check that both agree. A ledger that reduces to one Gaussian gets the exact
+ledgers cheap; likewise identical sampled events (the DP-SGD rounds of one device) become one
+event with their steps added up. :func:`epsilon_of_entries` with ``merge_gaussians=False``
+composes everything one by one, and the tests check that both agree. A ledger that reduces to one Gaussian gets the exact
 analytic epsilon (:func:`gaussian_epsilon`), which PLD approximates from above.
 """
 
@@ -134,6 +135,14 @@ def _normalised(
         else:
             kind = "sampled" if e.mechanism is Mechanism.DPSGD or not plain else "gaussian"
             others.append((kind, e.noise_multiplier, e.sample_rate, e.steps))
+    if merge_gaussians:
+        # identical sampled events (a device's DP-SGD rounds) compose as one event with the
+        # steps added up: exact, and one PLD self-composition instead of one per round (the
+        # budget check's cost no longer grows with the ledger: +0.55 s per round measured)
+        steps: dict[tuple[str, float, float], int] = {}
+        for kind, z, q, n in others:
+            steps[(kind, z, q)] = steps.get((kind, z, q), 0) + n
+        others = [(kind, z, q, n) for (kind, z, q), n in steps.items()]
     out = sorted(others)
     if inv_sq > 0:
         out.insert(0, ("gaussian", 1.0 / math.sqrt(inv_sq), 1.0, 1))

@@ -156,3 +156,33 @@ def test_tiny_noise_multiplier_is_fast_and_large() -> None:
     t = time.perf_counter()
     eps = gaussian_epsilon(0.01, DELTA)
     assert time.perf_counter() - t < 1.0 and 1000 < eps < math.inf
+
+
+def test_repeated_dpsgd_rounds_merge_exactly_and_cheaply() -> None:
+    """Ten identical DP-SGD rounds compose like one event of ten times the steps."""
+    import time
+
+    rounds = [
+        LedgerEntry(Mechanism.DPSGD, 4.0, 3.0, sample_rate=0.14, steps=10, server_round=r)
+        for r in range(1, 11)
+    ]
+    rounds.append(LedgerEntry(Mechanism.GAUSSIAN_SUM, 4.5, 1.0, server_round=1))
+    t0 = time.perf_counter()
+    merged = epsilon_of_entries(rounds, delta=DELTA)
+    fast = time.perf_counter() - t0
+    one_by_one = epsilon_of_entries(rounds, delta=DELTA, merge_gaussians=False)
+    assert merged == pytest.approx(one_by_one, rel=0.02)
+    for acc in ("pld", "rdp"):
+        want = _direct(
+            [
+                dpa.SelfComposedDpEvent(
+                    dpa.PoissonSampledDpEvent(0.14, dpa.GaussianDpEvent(4.0)), 100
+                ),
+                dpa.GaussianDpEvent(4.5),
+            ],
+            acc,
+        )
+        assert epsilon_of_entries(rounds, delta=DELTA, accountant=acc) == pytest.approx(
+            want, rel=0.02
+        )
+    assert fast < 5.0
