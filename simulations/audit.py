@@ -215,9 +215,20 @@ def audit_run(
                 sensitivity=sensitivity,
             )
         )
+    if not devices and not (d / "server.db").is_file():
+        raise ConfigError(f"{str(d)!r} has no device stores under clients/ and no server.db.")
     if not devices:
-        raise ConfigError(f"{str(d)!r} has no device stores under clients/.")
-    eps = [dv.epsilon for dv in devices]
+        # a deployed run: the devices keep their ledgers; the server can state what it announced
+        announced = [float(r.get("epsilon_event_level", 0.0)) for r in rounds]
+        eps = [max(announced, default=0.0)]
+        notes = [
+            "no device stores under clients/ (a deployed run): the event-level figure is the "
+            "server's announcement, what a device taking part in every release spends; each "
+            "device audits its own ledger with `fedinterest audit --store DEVICE.db`."
+        ]
+    else:
+        eps = [dv.epsilon for dv in devices]
+        notes = []
     finite = [e for e in eps if math.isfinite(e)]
     mechanisms: dict[str, dict[str, Any]] = defaultdict(dict)
     for kind in sorted({k for dv in devices for k in dv.per_mechanism}):
@@ -256,6 +267,8 @@ def audit_run(
     over = [dv.name for dv in devices if any(f.startswith("over budget") for f in dv.flags)]
     event_max = max(eps)
     report: dict[str, Any] = {
+        "source": "device ledgers" if devices else "server announcements",
+        "notes": notes,
         "run_dir": str(d),
         "delta": dlt,
         "accountant": acc,

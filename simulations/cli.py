@@ -445,11 +445,16 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         print(
             f"audit of {args.run_dir} (delta {report['delta']:g}, {report['accountant']} accountant)"
         )
-        print(
-            f"  event level over {ev['devices']} devices: min {_fmt_eps(ev['epsilon_min'])}, "
-            f"median {_fmt_eps(ev['epsilon_median'])}, max {_fmt_eps(ev['epsilon_max'])}; "
-            f"over budget: {len(ev['over_budget'])}"
-        )
+        if ev["devices"]:
+            print(
+                f"  event level over {ev['devices']} devices: min {_fmt_eps(ev['epsilon_min'])}, "
+                f"median {_fmt_eps(ev['epsilon_median'])}, max {_fmt_eps(ev['epsilon_max'])}; "
+                f"over budget: {len(ev['over_budget'])}"
+            )
+        else:
+            print(f"  event level (server's announcement): {_fmt_eps(ev['epsilon_max'])}")
+        for note in report.get("notes", []):
+            print(f"  note: {note}")
         print(f"  {'mechanism':<20}{'entries':>9}{'eps max':>11}{'eps median':>12}")
         for k, v in report["mechanisms"].items():
             print(

@@ -125,3 +125,26 @@ def test_attack_finds_canaries_without_noise_not_with(tmp_path: Path) -> None:
             assert acc == 1.0
         else:
             assert acc < 0.9
+
+
+@pytest.mark.slow
+def test_audit_of_a_run_dir_without_device_stores(small_budget_run: Path, tmp_path: Path) -> None:
+    """A deployed run's directory holds no device stores: the audit states the server's
+    announced event-level spend and the user-level ledger, and says so."""
+    import shutil
+
+    d = tmp_path / "deployed"
+    d.mkdir()
+    for name in ("config.json", "rounds.jsonl", "server.db", "hierarchy.json"):
+        shutil.copy(small_budget_run / name, d / name)
+    full = (
+        json.loads((small_budget_run / "audit.json").read_text())
+        if (small_budget_run / "audit.json").is_file()
+        else audit_run(small_budget_run)
+    )
+    report = audit_run(d)
+    assert report["source"] == "server announcements" and report["notes"]
+    assert report["event_level"]["devices"] == 0
+    assert report["event_level"]["epsilon_max"] == pytest.approx(2.0, rel=0.01)
+    assert report["user_level"]["epsilon"] == pytest.approx(full["user_level"]["epsilon"])
+    assert report["guarantees"] and (d / "audit.json").is_file()
