@@ -196,7 +196,7 @@ def _encoder_int8(enc: Any, quick: bool, threads: int, runs: int) -> dict[str, A
     from client.encoder import EncoderConfig, MiniLMEncoder
 
     load = _load()
-    texts = _texts(128 if quick else 512, False, seed=12)
+    texts = _texts(64 if quick else 512, False, seed=12)
     q = MiniLMEncoder(EncoderConfig(num_threads=threads))
     q.encode(["warm up"])
     q._model = torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
@@ -946,7 +946,7 @@ def bench_bytes(quick: bool) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory() as d:
         tax = Path(d) / "tax256.tsv"
         _taxonomy_256(tax)
-        for mode in ("secagg", "local"):
+        for mode in ("secagg",) if quick else ("secagg", "local"):
             res = _run_simulation(
                 {
                     "clients": 12,
