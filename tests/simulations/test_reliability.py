@@ -49,19 +49,19 @@ def _displacement(a: dict[str, np.ndarray], b: dict[str, np.ndarray], leaf: str)
 def test_ten_percent_poisoners_move_the_tree_little_with_trimmed_mean(
     tmp_path: Path, cache: Path
 ) -> None:
-    """20 devices in local mode, 2 of them (10%) replace their release with the largest one the
+    """10 devices in local mode, one of them (10%) replaces their release with the largest one the
     server accepts (norm = the per-device bound), all pushing leaf row 0 one way. Same DP noise
     (seeded) in every run, so differences come from the poison alone. With a plain sum the
     target leaf turns toward the attacker's direction; with the coordinate-wise trimmed mean it
     moves about as much as the leaves nobody attacked (trimming itself changes which noisy
     values are kept). The trimmed mean's residual pull comes from the noise: the attacker's
-    values are cut, and with them the two most extreme honest values on its side are kept."""
+    values are cut, and the most extreme honest value on its side is kept instead."""
     rng = np.random.default_rng(11)
     direction = rng.standard_normal(128)
     run_cfg = RunConfig(
         rounds=1, seed=5, privacy=PrivacyConfig(epsilon=2.0, mode=ReleaseMode.LOCAL)
     )
-    bad = poison_mod([0, 1], row=0, direction=direction, norm=run_cfg.privacy.user_clipping_norm)
+    bad = poison_mod([0], row=0, direction=direction, norm=run_cfg.privacy.user_clipping_norm)
 
     def go(name: str, robust: str, poisoned: bool) -> dict[str, np.ndarray]:
         from dataclasses import replace
@@ -69,7 +69,7 @@ def test_ten_percent_poisoners_move_the_tree_little_with_trimmed_mean(
         out = tmp_path / name
         simulate(
             SimulateOptions(
-                clients=20,
+                clients=10,
                 out=out,
                 run=replace(run_cfg, robust=robust),
                 events_per_user=25,
@@ -98,13 +98,13 @@ def test_ten_percent_poisoners_move_the_tree_little_with_trimmed_mean(
     toward_plain = float(poisoned[target] @ unit / np.linalg.norm(poisoned[target]))
     toward_trim = float(poisoned_t[target] @ unit / np.linalg.norm(poisoned_t[target]))
     print(
-        f"\npoisoning, 2 of 20 devices, leaf {target}: 1-cos plain {d_plain:.4f} trimmed "
+        f"\npoisoning, 1 of 10 devices, leaf {target}: 1-cos plain {d_plain:.4f} trimmed "
         f"{d_trim:.4f}; cos to attack direction plain {toward_plain:.3f} trimmed "
         f"{toward_trim:.3f}; other leaves max 1-cos (trimmed) {d_others:.4f}"
     )
-    # measured (seeded noise): plain 1-cos 0.19, alignment 0.53; trimmed 0.08 / 0.24, about
-    # what trimming alone changes on leaves nobody attacked (0.07)
-    assert d_plain > 0.1 and toward_plain > 0.4
+    # measured (seeded noise): plain 1-cos 0.13, alignment 0.41; trimmed 0.00 / 0.01 (the
+    # attacked leaf stays where it was), leaves nobody attacked change by up to 0.07
+    assert d_plain > 0.05 and toward_plain > 0.25
     assert d_trim < d_plain / 2 and toward_trim < toward_plain / 2
     assert d_trim < 2 * d_others + 0.02
 
