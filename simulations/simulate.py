@@ -701,14 +701,20 @@ def _run_flower(
         on_reply=on_reply,
         catalogue=catalogue,
     )
-    cpus = os.cpu_count() or 1
+    init_args: dict[str, Any] = {
+        "logging_level": "ERROR" if not opts.verbose else "INFO",
+        "log_to_driver": opts.verbose,
+    }
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        # an existing Ray cluster (docs/performance.md): one actor per CPU of every node; the
+        # run directory must be on a filesystem all nodes share (the device stores live there)
+        init_args["address"] = address
+    else:
+        init_args["num_cpus"] = os.cpu_count() or 1
     backend: dict[str, Any] = {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-        "init_args": {
-            "num_cpus": cpus,
-            "logging_level": "ERROR" if not opts.verbose else "INFO",
-            "log_to_driver": opts.verbose,
-        },
+        "init_args": init_args,
     }
     try:
         with flower_speedups():
