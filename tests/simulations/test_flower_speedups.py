@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -100,3 +101,24 @@ def test_masked_vectors_travel_compact() -> None:
     for a, b in zip(arrays, back, strict=True):
         assert b.dtype == np.int64
         np.testing.assert_array_equal(a, b)
+
+
+def test_client_app_pickles_as_a_small_recipe(tmp_path: Path) -> None:
+    """What Flower ships to the Ray actors with every message is a small recipe, whatever the
+    number of devices, and it rebuilds to one cached app per process."""
+    from ray import cloudpickle
+
+    from simulations.simulate import _CLIENT_APPS, _client_app, _DeviceRecipe, _store_path
+
+    recipe = _DeviceRecipe("t-1", str(tmp_path), 2.0, False, None, ((3, 1.0),), ())
+    try:
+        app = _client_app(recipe)
+        blob = cloudpickle.dumps(lambda: app)
+        assert len(blob) < 4096
+        assert cloudpickle.loads(blob)() is app
+        _CLIENT_APPS.clear()  # a fresh actor: rebuilt from the recipe
+        again = cloudpickle.loads(blob)()
+        assert again is not app and again is _client_app(recipe)
+    finally:
+        _CLIENT_APPS.clear()
+    assert _store_path(tmp_path, 7) == tmp_path / "client-00007.db"
