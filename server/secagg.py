@@ -11,15 +11,15 @@ devices sent masked vectors: their noise shares would not add up to the calibrat
 secret-shares its mask seed and its masking key with ``num_shares - 1`` neighbours (a random
 ring, Flower's SecAgg+ graph), any ``reconstruction_threshold`` x ``num_shares`` of which
 recover them. A device's crypto grows linearly with ``num_shares`` (one key agreement, one
-encrypted share and one pseudo-random mask of the release's size per neighbour; measured
-~80 ms per round at 11 shares, ~240 ms at 21, ~270 ms at 31, on this 2-core machine), so it
-stays fixed as the cohort grows instead of growing with it (``num_shares = n`` costs O(n^2)).
-The trade-off: the server, to unmask one device's release, needs the threshold's worth of
-that device's neighbours to collude with it. With 11 shares and threshold 7 (10 neighbours),
-under a random graph and a colluding fraction ``g`` of devices, a given device's seed is
-exposed with probability ``P[Binomial(10, g) >= 7]``: 9e-6 at g = 0.1, 9e-4 at g = 0.2,
-1e-2 at g = 0.3; 21 shares (threshold 13) give 4e-9, 2e-5 and 1e-3, at three times the device
-cost (``docs/performance.md``). Pass ``num_shares`` for a stronger setting.
+encrypted share and one pseudo-random mask of the release's size per neighbour; measured per
+round at 257 x 128 with the simulation's fast Shamir: ~29 ms at 11 shares, ~54 ms at 21, ~79 ms
+at 31), so it stays fixed as the cohort grows instead of growing with it (``num_shares = n``
+costs O(n^2) a round). The trade-off: to unmask one device's release the server needs the
+threshold's worth of that device's neighbours to collude with it. With 21 shares and threshold
+13 (20 neighbours), a random graph and a colluding fraction ``g`` of devices, a given device is
+exposed with probability ``P[Binomial(20, g) >= 13]``: 4e-9 at g = 0.1, 2e-5 at g = 0.2, 1e-3 at
+g = 0.3 (11 shares: 9e-6, 9e-4, 1e-2; see ``docs/performance.md``). Pass ``num_shares`` to
+change it.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ __all__ = [
 ]
 
 #: Shares per device in cohorts larger than this (smaller cohorts: every device shares with all).
-DEFAULT_NUM_SHARES = 11
+DEFAULT_NUM_SHARES = 21
 #: The share of a device's shares that reconstructs its secrets.
 DEFAULT_RECONSTRUCTION_THRESHOLD = 0.6
 
