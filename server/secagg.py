@@ -12,8 +12,8 @@ secret-shares its mask seed and its masking key with ``num_shares - 1`` neighbou
 ring, Flower's SecAgg+ graph), any ``reconstruction_threshold`` x ``num_shares`` of which
 recover them. A device's crypto grows linearly with ``num_shares`` (one key agreement, one
 encrypted share and one pseudo-random mask of the release's size per neighbour; measured per
-round at 257 x 128 with the simulation's fast Shamir: ~29 ms at 11 shares, ~54 ms at 21, ~79 ms
-at 31), so it stays fixed as the cohort grows instead of growing with it (``num_shares = n``
+round at 257 x 128 with the simulation's fast Shamir: ~27 ms at 11 shares, ~51 ms at 21,
+~80-100 ms at 31), so it stays fixed as the cohort grows instead of growing with it (``num_shares = n``
 costs O(n^2) a round). The trade-off: to unmask one device's release the server needs the
 threshold's worth of that device's neighbours to collude with it. With 21 shares and threshold
 13 (20 neighbours), a random graph and a colluding fraction ``g`` of devices, a given device is
