@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from common.errors import ConfigError
+from simulations.cli import _positive_int, _share
 
 __all__ = [
     "SWEEP_FORMAT",
@@ -659,26 +660,6 @@ def write_sweep_report(
 # --------------------------------------------------------------------------------------------
 # command line
 # --------------------------------------------------------------------------------------------
-
-
-def _positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, found {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, found {s!r}")
-    return v
-
-
-def _share(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], found {s!r}") from None
-    if not 0.0 <= v <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], found {s!r}")
-    return v
 
 
 def _epsilons(s: str) -> tuple[float, ...]:
