@@ -40,6 +40,7 @@ __all__ = [
     "Interest",
     "InterestProfile",
     "ProfileConfig",
+    "calibrate_scoring",
     "device_profile",
     "js_divergence",
     "migrate",
@@ -50,6 +51,13 @@ __all__ = [
 _LN2 = math.log(2.0)
 _DAY = 86400.0
 PROFILE_WEIGHTING = WeightingConfig(half_life_days=None)
+
+
+def _z(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Standardised within the array (all zeros when constant)."""
+    sd = float(x.std()) if len(x) else 0.0
+    out: npt.NDArray[np.float64] = (x - x.mean()) / sd if sd > 0 else np.zeros_like(x)
+    return out
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,11 @@ class ProfileConfig:
             counts as drifting.
         explanations: contributing events kept per leaf.
         recent_events: how many recent event vectors recommendation scoring keeps.
+        recent_top_k: the recent-event similarity of a candidate is the mean of its ``k``
+            highest cosines to those events.
+        level_weight: weight of the hierarchical (level) similarity in :meth:`score`, relative
+            to the recent-event similarity (both standardised within the candidates).
+        popularity_weight: weight of the standardised popularity prior in :meth:`score`.
     """
 
     half_life_days: float = 30.0
@@ -71,13 +84,24 @@ class ProfileConfig:
     temperature: float = 0.05
     drift_threshold: float = 0.1
     explanations: int = 3
-    recent_events: int = 20
+    recent_events: int = 50
+    recent_top_k: int = 3
+    level_weight: float = 0.25
+    popularity_weight: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("half_life_days", "short_half_life_days", "temperature"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v > 0):
                 raise ConfigError(f"`{name}` must be > 0. Found {v!r}.")
+        for name in ("explanations", "recent_events", "recent_top_k"):
+            v = getattr(self, name)
+            if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+                raise ConfigError(f"`{name}` must be an int >= 1. Found {v!r}.")
+        for name in ("level_weight", "popularity_weight"):
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
+                raise ConfigError(f"`{name}` must be a number >= 0. Found {v!r}.")
         if not 0 < self.drift_threshold <= 1:
             raise ConfigError(
                 f"`drift_threshold` must be in (0, 1]. Found {self.drift_threshold!r}."
@@ -341,35 +365,54 @@ class InterestProfile:
         since = {lv: self._drift_since.get(lv) for lv in (1, 2)}
         return DriftReport(div, drifting, rising, falling, since)
 
-    def score(
-        self,
-        raw_vectors: npt.NDArray[np.floating],
-        *,
-        level_weights: tuple[float, float] = (0.3, 0.7),
-        recent_weight: float = 0.5,
-        population: dict[str, float] | None = None,
-        population_weight: float = 0.0,
-    ) -> npt.NDArray[np.float64]:
-        """Recommendation scores of candidate items (raw encoder vectors, shape ``(n, dim)``).
+    def score_components(
+        self, raw_vectors: npt.NDArray[np.floating]
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """The two similarity terms of candidates (raw encoder vectors, shape ``(n, dim)``):
 
-        ``score = a1 * sum_g P1(g) cos(x, c_g) + a2 * sum_l P2(l) cos(x, c_l)
-        + b * mean cos(x, recent events) [+ p * log population weight of x's leaf]``.
+        - levels: ``0.3 sum_g P1(g) cos(x, c_g) + 0.7 sum_l P2(l) cos(x, c_l)`` (the user's
+          interest distribution at both levels of the tree);
+        - recent: the mean of the ``recent_top_k`` highest cosines of ``x`` to the user's
+          ``recent_events`` latest events.
         """
         x = self._space(raw_vectors).astype(np.float64)
-        out = np.zeros(len(x))
-        for level, a in zip((1, 2), level_weights, strict=True):
+        levels = np.zeros(len(x))
+        for level, a in zip((1, 2), (0.3, 0.7), strict=True):
             _, m = self._level_mass(level, self.mass)
             if m.sum() <= 0:
                 continue
             c = self.leaf_c if level == 2 else self._group_c
-            out += a * (x @ c.T.astype(np.float64)) @ (m / m.sum())
-        if self._recent and recent_weight:
+            levels += a * (x @ c.T.astype(np.float64)) @ (m / m.sum())
+        recent = np.zeros(len(x))
+        if self._recent:
             r = np.stack([v for _, v in self._recent]).astype(np.float64)
-            out += recent_weight * (x @ r.T).mean(axis=1)
-        if population and population_weight:
-            nearest = np.argmax(x @ self.leaf_c.T.astype(np.float64), axis=1)
-            pw = np.array([population.get(self.leaf_ids[i], 1e-6) for i in nearest])
-            out += population_weight * np.log(np.maximum(pw, 1e-6))
+            k = min(self.config.recent_top_k, len(r))
+            recent = np.sort(x @ r.T, axis=1)[:, -k:].mean(axis=1)
+        return levels, recent
+
+    def score(
+        self,
+        raw_vectors: npt.NDArray[np.floating],
+        *,
+        prior: npt.ArrayLike | None = None,
+    ) -> npt.NDArray[np.float64]:
+        """Recommendation scores of candidate items (raw encoder vectors, shape ``(n, dim)``).
+
+        ``score = level_weight * z(levels) + z(recent) [+ popularity_weight * prior]``, with the
+        terms of :meth:`score_components` standardised (``z``) within the candidates, and
+        ``prior`` the candidates' popularity prior already standardised over the catalogue
+        (:func:`common.popularity.standardised_prior`). Higher is better.
+        """
+        levels, recent = self.score_components(raw_vectors)
+        out = self.config.level_weight * _z(levels) + _z(recent)
+        if prior is not None:
+            p = np.asarray(prior, dtype=np.float64)
+            if p.shape != out.shape or not np.all(np.isfinite(p)):
+                raise ConfigError(
+                    f"`prior` must hold one finite value per candidate ({len(out)}). "
+                    f"Found shape {p.shape}."
+                )
+            out = out + self.config.popularity_weight * p
         return out
 
     # -- persistence -----------------------------------------------------------------------------
@@ -384,6 +427,7 @@ class InterestProfile:
             "leaf_ids": list(self.leaf_ids),
             "explain": [[list(t) for t in h] for h in self._explain],
             "drift_since": {str(k): v for k, v in self._drift_since.items()},
+            "recent": [[t, v.astype(np.float32).tolist()] for t, v in self._recent],
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -397,6 +441,100 @@ class InterestProfile:
         self.events = int(state["events"])
         self._explain = [[(float(t[0]), str(t[1]), str(t[2])) for t in h] for h in state["explain"]]
         self._drift_since = {int(k): v for k, v in state.get("drift_since", {}).items()}
+        self._recent = [
+            (float(t), np.asarray(v, dtype=np.float32)) for t, v in state.get("recent", [])
+        ]
+
+
+def calibrate_scoring(
+    hierarchy: Hierarchy,
+    events: Sequence[Event],
+    raw_vectors: npt.NDArray[np.floating],
+    catalogue_ids: Sequence[str],
+    catalogue_raw: npt.NDArray[np.floating],
+    *,
+    prior: npt.ArrayLike | None = None,
+    adapter: AdapterWeights | None = None,
+    config: ProfileConfig | None = None,
+    projection_seed: int | None = None,
+    rng: np.random.Generator,
+    holdout: float = 0.2,
+    negatives: int = 100,
+    level_grid: Sequence[float] = (0.0, 0.5, 1.0),
+    popularity_grid: Sequence[float] = (0.0, 0.5, 1.0, 2.0),
+) -> ProfileConfig:
+    """Chooses ``level_weight`` and ``popularity_weight`` for this device, **on the device**
+    from its own history (nothing leaves it): the latest ``holdout`` share of its events is
+    set aside, a profile is built from the rest, and each pair of the grids ranks the
+    set-aside new items among ``negatives`` public catalogue items the device never touched;
+    the pair with the best AUC wins (ties: the one nearest the configured defaults). With too
+    little history (fewer than 3 + 1 events, or no new catalogue item set aside) the
+    configuration comes back unchanged.
+
+    Args:
+        catalogue_ids / catalogue_raw: the public catalogue and its raw encoder vectors.
+        prior: the catalogue's standardised popularity prior, aligned with ``catalogue_ids``
+            (``None``: no prior; the popularity weight stays as configured).
+    """
+    import dataclasses
+
+    from common.metrics import auc
+
+    cfg = config or ProfileConfig()
+    if len(events) != len(raw_vectors):
+        raise ConfigError(f"{len(events)} events but {len(raw_vectors)} vectors.")
+    if len(catalogue_ids) != len(catalogue_raw):
+        raise ConfigError(
+            f"{len(catalogue_ids)} catalogue ids but {len(catalogue_raw)} catalogue vectors."
+        )
+    pri = None if prior is None else np.asarray(prior, dtype=np.float64)
+    if pri is not None and pri.shape != (len(catalogue_ids),):
+        raise ConfigError(
+            f"`prior` must hold one value per catalogue item ({len(catalogue_ids)}). "
+            f"Found shape {pri.shape}."
+        )
+    order = sorted(range(len(events)), key=lambda i: (events[i].timestamp, events[i].event_id))
+    n_val = round(holdout * len(order))
+    if n_val < 1 or len(order) - n_val < 3:
+        return cfg
+    fit, val = order[:-n_val], order[-n_val:]
+    seen = {events[i].item_id or "" for i in fit}
+    index = {c: i for i, c in enumerate(catalogue_ids)}
+    pos = sorted({events[i].item_id or "" for i in val} & index.keys() - seen)
+    if not pos:
+        return cfg
+    touched = seen | {events[i].item_id or "" for i in val}
+    pool = rng.choice(
+        len(catalogue_ids),
+        size=min(len(catalogue_ids), 4 * negatives + len(touched)),
+        replace=False,
+    )
+    neg = [int(i) for i in pool if catalogue_ids[int(i)] not in touched][:negatives]
+    if not neg:
+        return cfg
+    cand = [index[c] for c in pos] + neg
+    rel = np.array([True] * len(pos) + [False] * len(neg))
+    prof = InterestProfile.for_hierarchy(
+        hierarchy,
+        encoder_dim=int(np.asarray(raw_vectors).shape[1]),
+        projection_seed=projection_seed,
+        adapter=adapter,
+        config=cfg,
+    )
+    raw = np.asarray(raw_vectors)
+    prof.add([events[i] for i in fit], raw[fit])
+    levels, recent = prof.score_components(np.asarray(catalogue_raw)[cand])
+    zl, zr = _z(levels), _z(recent)
+    pc = pri[cand] if pri is not None else None
+    best: tuple[float, float, float, float] | None = None
+    for a in level_grid:
+        for w in popularity_grid if pc is not None else (cfg.popularity_weight,):
+            s = a * zl + zr + (w * pc if pc is not None else 0.0)
+            key = (auc(s, rel), -abs(a - cfg.level_weight) - abs(w - cfg.popularity_weight))
+            if best is None or key > best[:2]:
+                best = (*key, a, w)
+    assert best is not None
+    return dataclasses.replace(cfg, level_weight=best[2], popularity_weight=best[3])
 
 
 def migrate(

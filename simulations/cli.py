@@ -339,7 +339,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             clustering=ClusteringConfig(),
             adapter=AdapterConfig(enabled=args.adapter),
             analytics=AnalyticsConfig(
-                popularity=not args.no_popularity, histogram=args.histogram, top_k=args.top_k
+                popularity=not args.no_popularity,
+                histogram=args.histogram,
+                top_k=args.top_k,
+                popularity_noise_factor=args.popularity_noise_factor,
             ),
         )
         opts = SimulateOptions(
@@ -668,14 +671,19 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
         raw = encode_cached(encoder, store.embeddings, [t for _, t in cands])
     finally:
         store.close()
-    scores = prof.score(raw)
+    prior = None
     if args.popularity:
+        from common.popularity import standardised_prior
+
         with np.load(args.popularity) as z:
-            pop = {str(i): float(c) for i, c in zip(z["items"], z["counts"], strict=True)}
-        lp = np.log1p(np.maximum([pop.get(i, 0.0) for i, _ in cands], 0.0))
-        z_s = (scores - scores.mean()) / (scores.std() or 1.0)
-        z_p = (lp - lp.mean()) / (lp.std() or 1.0)
-        scores = z_s + z_p
+            items = [str(i) for i in z["items"]]
+            # one extra entry: an item outside the catalogue, observed at count 0
+            counts = np.append(z["counts"].astype(np.float64), 0.0)
+            noise = float(z["noise_std"]) if "noise_std" in z else 0.0
+        std_prior = standardised_prior(counts, noise)
+        where = {item: n for n, item in enumerate(items)}
+        prior = std_prior[[where.get(i, len(items)) for i, _ in cands]]
+    scores = prof.score(raw, prior=prior)
     order = np.argsort(-scores)[: args.top]
     ranked = [
         {"rank": r + 1, "item_id": cands[i][0], "text": cands[i][1], "score": float(scores[i])}
@@ -1034,6 +1042,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-popularity",
         action="store_true",
         help="skip the DP item-popularity release of the last round",
+    )
+    sim.add_argument(
+        "--popularity-noise-factor",
+        type=_positive_float,
+        default=1.0,
+        help="noise of the popularity release as a multiple of a tree round's (>= 1; default 1:"
+        " it costs one round's budget; 3 costs 1/9 of a round for 3x the noise on the counts)",
     )
     sim.add_argument(
         "--resume", metavar="RUN_DIR", help="continue a crashed run from its last completed round"

@@ -7,10 +7,14 @@ and the drift lag.
   user never touched (sampled uniformly from the catalogue): AUC, nDCG@10 and recall@10,
   averaged over users, for the federated DP profile, the centralized non-private profile,
   popularity (training counts) and random.
-- **Scoring** (both profiles alike): ``z(profile score) + popularity_weight x z(log(1 +
-  popularity))`` within each user's candidate list; the federated side uses the DP item
-  counts the run released, the centralized side the exact counts (``z`` = standardised within
-  the candidates; ranking is scale-free).
+- **Scoring** (both profiles alike): :meth:`client.profile.InterestProfile.score`, i.e.
+  ``level_weight x z(level similarity) + z(recent-event similarity) + popularity_weight x
+  prior``, where the prior is the empirical-Bayes popularity of :mod:`common.popularity`
+  (federated: from the DP item counts the run released, with their noise; centralized: the
+  exact counts). Each device first calibrates its two weights on its own training history
+  (:func:`client.profile.calibrate_scoring`: the latest 20% of its training events against
+  public catalogue items), on the device, with a calibration sample drawn apart from the test
+  negatives.
 - **Classification**: each held-out event's level-1 and level-2 category is predicted as the
   ground-truth label (majority over training events) of the user's top level-1 node and top
   leaf: accuracy and macro precision/recall/F1.
@@ -28,14 +32,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from client.profile import InterestProfile, ProfileConfig
+from client.profile import InterestProfile, ProfileConfig, calibrate_scoring
 from common.adapter import AdapterWeights
 from common.events import Event
 from common.hierarchy import Hierarchy
 from common.metrics import auc, classification_scores, ndcg_at_k, recall_at_k
+from common.popularity import standardised_prior
 
 __all__ = [
-    "POPULARITY_WEIGHT",
     "ProfileSide",
     "classification_eval",
     "drift_lags",
@@ -43,9 +47,6 @@ __all__ = [
     "ranking_eval",
     "temporal_split",
 ]
-
-#: Weight of the popularity prior relative to the profile score (both standardised).
-POPULARITY_WEIGHT = 1.0
 
 
 def temporal_split(
@@ -65,12 +66,14 @@ def temporal_split(
 
 @dataclass
 class ProfileSide:
-    """One profile pipeline: a tree (and adapter), and item popularity."""
+    """One profile pipeline: a tree (and adapter), and item popularity counts (with the
+    standard deviation of the noise they carry: 0 for exact counts)."""
 
     name: str
     hierarchy: Hierarchy
     adapter: AdapterWeights | None
     popularity: dict[str, float] | None
+    popularity_noise_std: float = 0.0
 
     def profile(
         self,
@@ -82,11 +85,12 @@ class ProfileSide:
         p.add(events, raw)
         return p
 
-
-def _z(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    sd = float(x.std())
-    out: npt.NDArray[np.float64] = (x - x.mean()) / sd if sd > 0 else x * 0.0
-    return out
+    def prior(self, ids: Sequence[str]) -> npt.NDArray[np.float64] | None:
+        """The standardised popularity prior of the catalogue ``ids`` (``None``: no counts)."""
+        if self.popularity is None:
+            return None
+        counts = [self.popularity.get(i, 0.0) for i in ids]
+        return standardised_prior(counts, self.popularity_noise_std)
 
 
 def ranking_eval(
@@ -107,9 +111,11 @@ def ranking_eval(
         vectors: raw encoder vectors of texts, shape ``(n, dim)``.
     """
     rng = np.random.default_rng(seed)
+    calib_rng = np.random.default_rng([seed, 1])
     ids = sorted(items)
     item_index = {i: n for n, i in enumerate(ids)}
     item_raw = vectors([items[i] for i in ids])
+    priors = {side.name: side.prior(ids) for side in sides}
     scores: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
     for uid, held in test.items():
         pos = sorted({e.item_id for e in held if e.item_id in items})
@@ -119,17 +125,27 @@ def ranking_eval(
         pool = rng.choice(len(ids), size=min(len(ids), 4 * negatives + len(touched)), replace=False)
         negs = [ids[i] for i in pool if ids[i] not in touched][:negatives]
         cand = pos + negs
+        cand_index = [item_index[c] for c in cand]
         rel = np.array([1] * len(pos) + [0] * len(negs), dtype=bool)
-        raw = item_raw[[item_index[c] for c in cand]]
+        raw = item_raw[cand_index]
         tr_raw = vectors([e.text for e in train[uid]])
         tie = rng.random(len(cand)) * 1e-9
         methods: dict[str, npt.NDArray[np.float64]] = {}
         for side in sides:
-            s = _z(side.profile(train[uid], tr_raw).score(raw))
-            if side.popularity is not None:
-                pop = np.log1p(np.maximum([side.popularity.get(c, 0.0) for c in cand], 0.0))
-                s = s + POPULARITY_WEIGHT * _z(pop)
-            methods[side.name] = s
+            prior = priors[side.name]
+            config = calibrate_scoring(
+                side.hierarchy,
+                train[uid],
+                tr_raw,
+                ids,
+                item_raw,
+                prior=prior,
+                adapter=side.adapter,
+                rng=calib_rng,
+            )
+            methods[side.name] = side.profile(train[uid], tr_raw, config).score(
+                raw, prior=None if prior is None else prior[cand_index]
+            )
         methods["popularity"] = np.asarray(
             [train_popularity.get(c, 0.0) for c in cand], dtype=np.float64
         )

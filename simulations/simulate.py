@@ -871,8 +871,8 @@ def _profile_metrics(
     train_pop: dict[str, float] = dict(
         Counter(e.item_id for evs in train.values() for e in evs if e.item_id)
     )
-    dp_pop = _dp_popularity(out_dir)
-    fed = ProfileSide("federated", h, adapter, dp_pop)
+    dp_pop, dp_noise = _dp_popularity(out_dir)
+    fed = ProfileSide("federated", h, adapter, dp_pop, dp_noise)
     cen = ProfileSide("centralized", central, None, train_pop if dp_pop is not None else None)
     out: dict[str, Any] = {}
     if bundle.items and any(test.values()):
@@ -902,9 +902,11 @@ def _profile_metrics(
     return out
 
 
-def _dp_popularity(run_dir: Path) -> dict[str, float] | None:
+def _dp_popularity(run_dir: Path) -> tuple[dict[str, float] | None, float]:
+    """The run's DP item counts and the standard deviation of their noise."""
     path = run_dir / "popularity.npz"
     if not path.exists():
-        return None
+        return None, 0.0
     with np.load(path) as z:
-        return {str(i): float(c) for i, c in zip(z["items"], z["counts"], strict=True)}
+        counts = {str(i): float(c) for i, c in zip(z["items"], z["counts"], strict=True)}
+        return counts, float(z["noise_std"])

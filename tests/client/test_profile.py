@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from client.profile import InterestProfile, ProfileConfig, js_divergence, migrate
+from client.profile import (
+    InterestProfile,
+    ProfileConfig,
+    calibrate_scoring,
+    js_divergence,
+    migrate,
+)
 from common.events import Event, EventType
 from common.hierarchy import Hierarchy, Node
 from common.projection import PublicProjection, normalize_rows
@@ -185,7 +191,72 @@ def test_state_round_trip_and_guards() -> None:
         np.array_equal(q.mass, p.mass)
         and q.top(2, 1)[0].explanations == p.top(2, 1)[0].explanations
     )
+    # the recent events travel with the state: a reloaded profile scores the same
+    items = np.vstack([d[0] + 0.01, d[1] + 0.01])
+    assert np.allclose(q.score(items), p.score(items))
     with pytest.raises(Exception, match="another hierarchy"):
         profile(tree({"a": ("ga", d[0]), "b": ("gb", d[1])}, version=9)).load_state(p.to_state())
     assert js_divergence(np.array([1.0, 0]), np.array([0, 1.0])) == pytest.approx(1.0)
     assert js_divergence(np.array([1.0, 1]), np.array([2.0, 2])) == pytest.approx(0.0)
+
+
+def test_scoring_weights_are_calibrated_on_the_device_history() -> None:
+    """The device picks the popularity weight from its own history: 0 when popularity points
+    away from what it does next, > 0 when only popularity tells its next items apart."""
+    d = directions(4)
+    h = tree({"a": ("g1", d[0]), "b": ("g1", d[1]), "c": ("g2", d[2]), "e": ("g2", d[3])})
+    evs, vecs = events_near(d[0], 20, 1.7e9, seed=11)
+    others = [events_near(d[k], 10, 1.7e9, seed=20 + k) for k in (1, 2, 3)]
+    cat_ids = [e.item_id or "" for e in evs] + [e.item_id or "" for o in others for e in o[0]]
+    cat_raw = np.vstack([vecs, *[o[1] for o in others]])
+    # popularity high on the items the user never touches: content must win
+    anti = np.array([-10.0] * 20 + [10.0] * 30)
+    cfg = calibrate_scoring(
+        h,
+        evs,
+        vecs,
+        cat_ids,
+        cat_raw,
+        prior=anti,
+        projection_seed=3,
+        rng=np.random.default_rng(0),
+    )
+    assert cfg.popularity_weight == 0.0
+    # every catalogue item looks alike: only popularity separates the user's next items
+    same = np.vstack([vecs, *[events_near(d[0], 10, 1.7e9, seed=30 + k)[1] for k in (1, 2, 3)]])
+    cfg = calibrate_scoring(
+        h,
+        evs,
+        vecs,
+        cat_ids,
+        same,
+        prior=-anti,
+        projection_seed=3,
+        rng=np.random.default_rng(0),
+    )
+    assert cfg.popularity_weight > 0.0
+    # too little history: the configuration comes back unchanged
+    short = calibrate_scoring(
+        h,
+        evs[:3],
+        vecs[:3],
+        cat_ids,
+        cat_raw,
+        prior=anti,
+        projection_seed=3,
+        rng=np.random.default_rng(0),
+    )
+    assert short == ProfileConfig()
+    with pytest.raises(Exception, match="prior"):
+        calibrate_scoring(
+            h,
+            evs,
+            vecs,
+            cat_ids,
+            cat_raw,
+            prior=anti[:5],
+            projection_seed=3,
+            rng=np.random.default_rng(0),
+        )
+    with pytest.raises(Exception, match="level_weight"):
+        ProfileConfig(level_weight=-1.0)
