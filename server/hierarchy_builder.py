@@ -7,7 +7,9 @@
   linkage clearly at level 1, which average linkage often collapses into one giant group.
 - **The cut** (how many broad interests) is chosen by a stated criterion
   (:class:`CutCriterion`): by default as many groups as there are vocabulary roots among the
-  leaves' best labels (roots with >= 1% of the mass); the alternatives are the mass-weighted
+  leaves' best labels (roots with >= 1% of the mass; when one root holds more than half the
+  mass, as for a dataset inside one root, the silhouette below decides, with at least that
+  many groups and ``k_min``); the alternatives are the mass-weighted
   cosine silhouette maximised over ``k`` in ``[k_min, k_max]`` (measured: it under-cuts noisy
   federated trees), the largest gap in Ward costs, or a fixed ``k``.
 - **Stable ids**: leaves keep their slot ids; each level-1 group is matched to the previous
@@ -214,7 +216,12 @@ def choose_cut(
             if labs:
                 share[labs[0][0].split(" > ")[0]] += float(m) / total
         k = sum(1 for v in share.values() if v >= 0.01)
-        return max(2, min(k, n - 1))
+        if max(share.values()) <= 0.5 or n - 1 <= lo:
+            return max(2, min(k, n - 1))
+        # one root holds most of the mass (a dataset inside one root of the vocabulary,
+        # e.g. only films): the labels cannot split it, so the silhouette chooses the cut
+        # in [max(k, k_min), k_max]
+        lo = max(lo, min(k, hi))
     if config.criterion is CutCriterion.GAP:
         costs = linkage[:, 2]
         best, best_k = -math.inf, lo

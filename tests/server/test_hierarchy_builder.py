@@ -66,6 +66,23 @@ def test_build_two_groups_with_labels_and_cut() -> None:
     assert all(n.change == NodeChange.NEW for n in h.nodes.values())
 
 
+def test_one_dominant_root_falls_back_to_the_silhouette() -> None:
+    """Leaves in 6 clear groups that the vocabulary names with one root (a films-only
+    dataset): the top level is cut by the silhouette into >= k_min groups, not into 1-2."""
+    rng = np.random.default_rng(2)
+    d = 8
+    c = np.vstack([normalize_rows(np.eye(d)[g] + 0.05 * rng.normal(size=(5, d))) for g in range(6)])
+    vocab = Vocabulary.from_paths([["Movies", "Drama"], ["Movies", "Comedy"], ["Books", "Poetry"]])
+    vecs = normalize_rows(np.ones((len(vocab.labels), d), dtype=np.float32))
+    ls = LabelSpace(vocab, vecs)
+    ids = [f"leaf-{i:04d}" for i in range(30)]
+    h = build_hierarchy(
+        ids, c, np.ones(30), version=1, server_round=1, projection_fingerprint="f", labels=ls
+    )
+    assert len(h.level(1)) == 6
+    assert all(len(g.children) == 5 for g in h.level(1))
+
+
 def test_ids_stay_stable_across_versions_and_changes_are_reported() -> None:
     """A perturbed next version keeps group ids; weight changes are grown/shrunk."""
     rng = np.random.default_rng(2)
