@@ -913,26 +913,16 @@ class InterestServer:
             if task is ReleaseTask.ITEM_COUNTS:
                 z_user = z_task * TASK_SENSITIVITY[task] / p.user_clipping_norm
                 out.append(
-                    LedgerEntry(
-                        Mechanism.GAUSSIAN_COUNT,
-                        max(z_user, 1e-12),
-                        p.user_clipping_norm,
-                        server_round=r,
-                        scope=Scope.USER,
-                        details={"output": "item popularity"},
+                    _user_entry(
+                        Mechanism.GAUSSIAN_COUNT, z_user, p.user_clipping_norm, r, "item popularity"
                     )
                 )
             else:
                 # a device's k-hot vector has norm 1: user-level multiplier = z x sqrt(2)
                 z_user = z_task * TASK_SENSITIVITY[task]
                 out.append(
-                    LedgerEntry(
-                        Mechanism.GAUSSIAN_HISTOGRAM,
-                        max(z_user, 1e-12),
-                        1.0,
-                        server_round=r,
-                        scope=Scope.USER,
-                        details={"output": "population histogram"},
+                    _user_entry(
+                        Mechanism.GAUSSIAN_HISTOGRAM, z_user, 1.0, r, "population histogram"
                     )
                 )
         if server_round in self._adapter_rounds:
@@ -1161,3 +1151,27 @@ def _wire(a: npt.NDArray[Any]) -> npt.NDArray[Any]:
 def _reason(text: str) -> str:
     t = text.strip().splitlines()[-1] if text.strip() else "unknown"
     return t[:160]
+
+
+def _user_entry(
+    mechanism: Mechanism, z_user: float, sensitivity: float, server_round: int, output: str
+) -> LedgerEntry:
+    """A user-level record of one analytics release: ``non_private`` when it carried no
+    noise (``--no-dp``), so the audit reports infinity instead of a huge finite epsilon."""
+    if z_user <= 0:
+        return LedgerEntry(
+            Mechanism.NON_PRIVATE,
+            0.0,
+            sensitivity,
+            server_round=server_round,
+            scope=Scope.USER,
+            details={"output": output},
+        )
+    return LedgerEntry(
+        mechanism,
+        z_user,
+        sensitivity,
+        server_round=server_round,
+        scope=Scope.USER,
+        details={"output": output},
+    )

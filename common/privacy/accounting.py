@@ -93,7 +93,8 @@ def _exact_gaussian_epsilon(z: float, delta: float) -> float:
     a = 1.0 / (2.0 * z)
 
     def excess(eps: float) -> float:
-        second = math.exp(eps + float(norm.logcdf(-a - eps * z)))
+        # capped exponent: past e^700 the term is far above 1 and the sign is all that counts
+        second = math.exp(min(eps + float(norm.logcdf(-a - eps * z)), 700.0))
         return float(norm.cdf(a - eps * z)) - second - delta
 
     if excess(0.0) <= 0:

@@ -156,6 +156,9 @@ def test_tiny_noise_multiplier_is_fast_and_large() -> None:
     t = time.perf_counter()
     eps = gaussian_epsilon(0.01, DELTA)
     assert time.perf_counter() - t < 1.0 and 1000 < eps < math.inf
+    # far smaller (a --no-dp run's analytics once recorded 1e-12): finite, no overflow
+    for z in (1e-12, 1e-14):
+        assert 1e20 < gaussian_epsilon(z, DELTA) < math.inf
 
 
 def test_repeated_dpsgd_rounds_merge_exactly_and_cheaply() -> None:
