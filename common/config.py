@@ -133,6 +133,8 @@ class ClusteringConfig:
             raise ConfigError(
                 f"`cut` must be labels, silhouette, gap or fixed. Found {self.cut!r}."
             )
+        if not (isinstance(self.tree_z, int | float) and math.isfinite(self.tree_z)):
+            raise ConfigError(f"`tree_z` must be a finite number. Found {self.tree_z!r}.")
 
 
 @dataclass(frozen=True)

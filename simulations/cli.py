@@ -336,7 +336,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
                 no_dp=args.no_dp,
                 min_cohort_fraction=args.min_cohort_fraction,
             ),
-            clustering=ClusteringConfig(),
+            clustering=ClusteringConfig(tree_z=args.tree_z),
             adapter=AdapterConfig(enabled=args.adapter),
             analytics=AnalyticsConfig(
                 popularity=not args.no_popularity,
@@ -872,6 +872,16 @@ def _positive_float(s: str) -> float:
     return v
 
 
+def _finite_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, found {s!r}") from None
+    if v != v or v in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number, found {s!r}")
+    return v
+
+
 def _share(s: str) -> float:
     try:
         v = float(s)
@@ -1042,6 +1052,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-popularity",
         action="store_true",
         help="skip the DP item-popularity release of the last round",
+    )
+    sim.add_argument(
+        "--tree-z",
+        type=_finite_float,
+        default=0.0,
+        help="significance a leaf needs to be listed in the published tree (default 0: a"
+        " positive estimated mass; 1-2 list fewer, surer leaves)",
     )
     sim.add_argument(
         "--popularity-noise-factor",

@@ -26,7 +26,10 @@ def small_budget_run(tmp_path_factory: pytest.TempPathFactory, cache: Path) -> P
     run = RunConfig(rounds=3, seed=3, privacy=PrivacyConfig(epsilon=2.0, mode=ReleaseMode.LOCAL))
     from common.privacy import gaussian_epsilon, noise_multiplier_for_rounds
 
-    z = noise_multiplier_for_rounds(epsilon=2.0, delta=1e-5, rounds=3)
+    # the run calibrates its multiplier over the 3 tree rounds and the popularity release
+    z = noise_multiplier_for_rounds(
+        epsilon=2.0, delta=1e-5, rounds=run.gaussian_releases(popularity=True)
+    )
     one = gaussian_epsilon(z, 1e-5)
     simulate(
         SimulateOptions(
@@ -55,11 +58,13 @@ def test_small_budget_device_stops_and_audit_is_clean(small_budget_run: Path) ->
         == []
     )
     per = {d["device"]: d for d in report["event_level"]["per_device"]}
-    # device 0: one leaf-sum release (round 1) plus the cheap item-count release of the last
-    # round, which its remaining budget still covers; device 1: three sums plus the counts
-    assert per["client-00000"]["entries"] == 2 and per["client-00001"]["entries"] == 4
-    assert set(per["client-00000"]["per_round"]) == {"1", "3"}
-    assert set(per["client-00000"]["per_mechanism"]) == {"gaussian_sum", "gaussian_count"}
+    # device 0: one leaf-sum release (round 1); the item-count release of the last round
+    # costs as much as a round, which its remaining budget does not cover; device 1: three
+    # sums plus the counts
+    assert per["client-00000"]["entries"] == 1 and per["client-00001"]["entries"] == 4
+    assert set(per["client-00000"]["per_round"]) == {"1"}
+    assert set(per["client-00000"]["per_mechanism"]) == {"gaussian_sum"}
+    assert set(per["client-00001"]["per_mechanism"]) == {"gaussian_sum", "gaussian_count"}
     assert report["event_level"]["epsilon_max"] == pytest.approx(2.0, rel=0.01)
     assert report["flags"] == []
     for key in ("epsilon_max", "epsilon_median"):
