@@ -395,6 +395,16 @@ def _print_run_summary(run_dir: Path, metrics: dict[str, Any]) -> None:
             print(f"{key:<20}{row}{(ratio if ratio is not None else float('nan')):>13.3f}")
     else:
         print("\n(no ground-truth categories in this dataset: clustering metrics omitted)")
+    ranking = metrics.get("ranking") or {}
+    sides = [c for c in ("federated", "centralized", "popularity", "random") if c in ranking]
+    if sides:
+        users = ranking[sides[0]]["users"]
+        print(
+            f"\neach user's held-out items ranked among 100 items it never touched ({users} users)"
+        )
+        print(f"{'ranking':<20}" + "".join(f"{c:>13}" for c in sides))
+        for key, name in (("auc", "AUC"), ("ndcg10", "nDCG@10"), ("recall10", "recall@10")):
+            print(f"{name:<20}" + "".join(f"{ranking[c][key]:>13.3f}" for c in sides))
     eps = metrics["epsilon_event_level_total"]
     eps_s = eps if isinstance(eps, str) else f"{eps:.3f}"
     print(
