@@ -902,6 +902,86 @@ def _share(s: str) -> float:
     return v
 
 
+def add_run_settings(p: argparse.ArgumentParser) -> None:
+    """The run settings ``simulate`` and ``sweep`` share (dataset, population, privacy mode,
+    tree and analytics settings)."""
+    p.add_argument(
+        "--dataset",
+        default="synthetic",
+        help="synthetic (default), movielens, mind:DIR or events:FILE.jsonl",
+    )
+    p.add_argument(
+        "--clients",
+        type=_positive_int,
+        default=100,
+        help="virtual clients, one per user (default 100)",
+    )
+    p.add_argument("--rounds", type=_positive_int, default=5, help="federated rounds (default 5)")
+    p.add_argument("--delta", type=_share, default=1e-5, help="delta (default 1e-5)")
+    p.add_argument(
+        "--mode",
+        choices=["secagg", "local"],
+        default="secagg",
+        help="secagg (default) or local noise",
+    )
+    p.add_argument(
+        "--fraction",
+        type=_share,
+        default=1.0,
+        help="share of clients sampled per round (default 1)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed for data, sampling and splits (DP noise is never seeded)",
+    )
+    p.add_argument(
+        "--events-per-user",
+        type=_positive_int,
+        default=60,
+        help="synthetic: median events per user",
+    )
+    p.add_argument(
+        "--cache", help="shared embedding cache file (default ~/.cache/fedinterest/embeddings.db)"
+    )
+    p.add_argument(
+        "--taxonomy",
+        help="label space TSV (e.g. ../shared/taxonomies/chrome-topics/taxonomy_v2.tsv)",
+    )
+    p.add_argument(
+        "--adapter",
+        action="store_true",
+        help="train the low-rank adapter with DP-SGD (its spend counts in --epsilon)",
+    )
+    p.add_argument(
+        "--no-popularity",
+        action="store_true",
+        help="skip the DP item-popularity release of the last round",
+    )
+    p.add_argument(
+        "--tree-z",
+        type=_finite_float,
+        default=0.0,
+        help="significance a leaf needs to be listed in the published tree (default 0: a"
+        " positive estimated mass; 1-2 list fewer, surer leaves)",
+    )
+    p.add_argument(
+        "--popularity-noise-factor",
+        type=_positive_float,
+        default=1.0,
+        help="noise of the popularity release as a multiple of a tree round's (>= 1; default 1:"
+        " it costs one round's budget; 3 costs 1/9 of a round for 3x the noise on the counts)",
+    )
+    p.add_argument(
+        "--min-cohort-fraction",
+        type=_share,
+        default=0.7,
+        help="secagg: share of sampled devices the noise shares are calibrated for (default 0.7)",
+    )
+    p.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
+
+
 def build_parser() -> argparse.ArgumentParser:
     out = _output_flags()
     parser = argparse.ArgumentParser(
@@ -989,64 +1069,16 @@ def build_parser() -> argparse.ArgumentParser:
     sim = sub.add_parser(
         "simulate", parents=[out], help="run the federated pipeline on Flower's simulation engine"
     )
-    sim.add_argument(
-        "--dataset",
-        default="synthetic",
-        help="synthetic (default), movielens, mind:DIR or events:FILE.jsonl",
-    )
-    sim.add_argument(
-        "--clients",
-        type=_positive_int,
-        default=100,
-        help="virtual clients, one per user (default 100)",
-    )
-    sim.add_argument("--rounds", type=_positive_int, default=5, help="federated rounds (default 5)")
+    add_run_settings(sim)
     sim.add_argument(
         "--epsilon",
         type=_positive_float,
         default=2.0,
         help="total event-level epsilon of the run (default 2)",
     )
-    sim.add_argument("--delta", type=_share, default=1e-5, help="delta (default 1e-5)")
-    sim.add_argument(
-        "--mode",
-        choices=["secagg", "local"],
-        default="secagg",
-        help="secagg (default) or local noise",
-    )
-    sim.add_argument(
-        "--fraction",
-        type=_share,
-        default=1.0,
-        help="share of clients sampled per round (default 1)",
-    )
-    sim.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        help="seed for data, sampling and splits (DP noise is never seeded)",
-    )
     sim.add_argument("--out", default="run", help="run directory (default ./run)")
-    sim.add_argument(
-        "--events-per-user",
-        type=_positive_int,
-        default=60,
-        help="synthetic: median events per user",
-    )
-    sim.add_argument(
-        "--cache", help="shared embedding cache file (default ~/.cache/fedinterest/embeddings.db)"
-    )
-    sim.add_argument(
-        "--taxonomy",
-        help="label space TSV (e.g. ../shared/taxonomies/chrome-topics/taxonomy_v2.tsv)",
-    )
     sim.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     sim.add_argument("--no-dp", action="store_true", help="INSECURE: release without noise")
-    sim.add_argument(
-        "--adapter",
-        action="store_true",
-        help="train the low-rank adapter with DP-SGD (its spend counts in --epsilon)",
-    )
     sim.add_argument(
         "--histogram",
         action="store_true",
@@ -1057,25 +1089,6 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=1,
         help="interests per device in the histogram (default 1)",
-    )
-    sim.add_argument(
-        "--no-popularity",
-        action="store_true",
-        help="skip the DP item-popularity release of the last round",
-    )
-    sim.add_argument(
-        "--tree-z",
-        type=_finite_float,
-        default=0.0,
-        help="significance a leaf needs to be listed in the published tree (default 0: a"
-        " positive estimated mass; 1-2 list fewer, surer leaves)",
-    )
-    sim.add_argument(
-        "--popularity-noise-factor",
-        type=_positive_float,
-        default=1.0,
-        help="noise of the popularity release as a multiple of a tree round's (>= 1; default 1:"
-        " it costs one round's budget; 3 costs 1/9 of a round for 3x the noise on the counts)",
     )
     sim.add_argument(
         "--resume", metavar="RUN_DIR", help="continue a crashed run from its last completed round"
@@ -1093,18 +1106,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="tries per round when too few devices answer (default 2)",
     )
     sim.add_argument(
-        "--min-cohort-fraction",
-        type=_share,
-        default=0.7,
-        help="secagg: share of sampled devices the noise shares are calibrated for (default 0.7)",
-    )
-    sim.add_argument(
         "--dropout",
         type=_share,
         default=0.0,
         help="fault injection: each device drops out of each round with this probability",
     )
-    sim.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
     sim.set_defaults(func=_cmd_simulate)
 
     device_flags = argparse.ArgumentParser(add_help=False)

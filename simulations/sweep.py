@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from common.errors import ConfigError
-from simulations.cli import _positive_int, _share
+from simulations.cli import add_run_settings
 
 __all__ = [
     "SWEEP_FORMAT",
@@ -368,6 +368,29 @@ def _series(
     return [float(r["epsilon"]) for r in ok], [_num((r.get(side) or {}).get(key)) for r in ok]
 
 
+def _reference_line(
+    fig: Any, eps: list[float], value: float | None, side: str, color: str, dash: str, col: int
+) -> None:
+    """A baseline's value as a horizontal line across the epsilon range of subplot ``col``."""
+    import plotly.graph_objects as go
+
+    if value is None or not eps:
+        return
+    fig.add_trace(
+        go.Scatter(
+            x=[min(eps), max(eps)],
+            y=[value, value],
+            mode="lines",
+            name=side,
+            line={"color": color, "dash": dash},
+            legendgroup=side,
+            showlegend=col == 1,
+        ),
+        row=1,
+        col=col,
+    )
+
+
 def sweep_page(doc: Mapping[str, Any]) -> Any:
     """The sweep's :class:`simulations.report.Page`."""
     import plotly.graph_objects as go
@@ -442,21 +465,9 @@ def sweep_page(doc: Mapping[str, Any]) -> Any:
                 ("centralized", "dash", "#2ca02c"),
                 ("catalogue", "dot", "#9467bd"),
             ):
-                v = _num((ref.get(side) or {}).get(key))
-                if v is not None and eps:
-                    fig.add_trace(
-                        go.Scatter(
-                            x=[min(eps), max(eps)],
-                            y=[v, v],
-                            mode="lines",
-                            name=side,
-                            line={"color": color, "dash": dash},
-                            legendgroup=side,
-                            showlegend=j == 1,
-                        ),
-                        row=1,
-                        col=j,
-                    )
+                _reference_line(
+                    fig, eps, _num((ref.get(side) or {}).get(key)), side, color, dash, j
+                )
         fig.update_xaxes(type="log", title_text="total event-level epsilon", **_ticks(eps))
         fig.update_yaxes(range=[0, 1.05])
         fig.update_layout(
@@ -518,20 +529,7 @@ def sweep_page(doc: Mapping[str, Any]) -> Any:
                 ("random", "dot", "#7f7f7f"),
             ):
                 v = _num(((ref.get("ranking") or {}).get(side) or {}).get(key))
-                if v is not None and eps:
-                    fig.add_trace(
-                        go.Scatter(
-                            x=[min(eps), max(eps)],
-                            y=[v, v],
-                            mode="lines",
-                            name=side,
-                            line={"color": color, "dash": dash},
-                            legendgroup=side,
-                            showlegend=j == 1,
-                        ),
-                        row=1,
-                        col=j,
-                    )
+                _reference_line(fig, eps, v, side, color, dash, j)
         fig.update_xaxes(type="log", title_text="total event-level epsilon", **_ticks(eps))
         fig.update_yaxes(range=[0, 1.05])
         fig.update_layout(
@@ -681,51 +679,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--out", required=True, type=Path, help="sweep directory (one run per epsilon inside)"
     )
     p.add_argument(
-        "--dataset",
-        default="synthetic",
-        help="synthetic (default), movielens, mind:DIR or events:FILE.jsonl",
-    )
-    p.add_argument(
-        "--clients", type=_positive_int, default=100, help="virtual clients (default 100)"
-    )
-    p.add_argument("--rounds", type=_positive_int, default=5, help="federated rounds (default 5)")
-    p.add_argument("--delta", type=_share, default=1e-5, help="delta (default 1e-5)")
-    p.add_argument(
-        "--mode",
-        choices=["secagg", "local"],
-        default="secagg",
-        help="secagg (default) or local noise",
-    )
-    p.add_argument(
-        "--fraction",
-        type=_share,
-        default=1.0,
-        help="share of clients sampled per round (default 1)",
-    )
-    p.add_argument(
-        "--seed", type=int, default=0, help="seed for data, sampling and splits (default 0)"
-    )
-    p.add_argument(
-        "--events-per-user",
-        type=_positive_int,
-        default=60,
-        help="synthetic: median events per user",
-    )
-    p.add_argument(
-        "--cache", help="shared embedding cache file (default ~/.cache/fedinterest/embeddings.db)"
-    )
-    p.add_argument("--taxonomy", help="label space TSV")
-    p.add_argument("--adapter", action="store_true", help="train the DP-SGD adapter in every run")
-    p.add_argument(
-        "--min-cohort-fraction",
-        type=_share,
-        default=0.7,
-        help="secagg noise-share calibration (default 0.7)",
-    )
-    p.add_argument(
-        "--no-popularity", action="store_true", help="skip the DP item-popularity release"
-    )
-    p.add_argument(
         "--overwrite",
         action="store_true",
         help="re-run every epsilon (default: reuse finished runs)",
@@ -734,7 +687,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-compress", action="store_true", help="inline plotly.js uncompressed (bigger file)"
     )
-    p.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
+    add_run_settings(p)
 
 
 def options_from_args(args: argparse.Namespace) -> SweepOptions:
@@ -758,9 +711,12 @@ def options_from_args(args: argparse.Namespace) -> SweepOptions:
             mode=args.mode,
             min_cohort_fraction=args.min_cohort_fraction,
         ),
-        clustering=ClusteringConfig(),
+        clustering=ClusteringConfig(tree_z=args.tree_z),
         adapter=AdapterConfig(enabled=args.adapter),
-        analytics=AnalyticsConfig(popularity=not args.no_popularity),
+        analytics=AnalyticsConfig(
+            popularity=not args.no_popularity,
+            popularity_noise_factor=args.popularity_noise_factor,
+        ),
     )
     base = SimulateOptions(
         dataset=args.dataset,
