@@ -114,6 +114,54 @@ def _connect(path: Path, timeout: float) -> sqlite3.Connection:
     return conn
 
 
+def _connect_read_only(path: Path, timeout: float) -> sqlite3.Connection:
+    """A connection that cannot write: SQLite's ``mode=ro`` URI (no schema, no WAL switch)."""
+    uri = path.resolve().as_uri() + "?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None)
+        conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+        conn.execute("PRAGMA query_only=ON")
+    except sqlite3.Error as err:
+        raise StoreError(f"cannot open store {str(path)!r} read-only: {err}.") from err
+    return conn
+
+
+def _store_schema_version(path: Path, timeout: float) -> int | None:
+    """The schema version of an existing fedinterest store, ``None`` for an empty database
+    (a file with no tables, e.g. 0 bytes); :class:`StoreError` for anything else (not SQLite,
+    or another program's database). Reads only: the file is not changed."""
+    if path.is_dir():
+        raise StoreError(f"store {str(path)!r} is a directory, not a SQLite file.")
+    if path.stat().st_size == 0:
+        return None
+    conn = _connect_read_only(path, timeout)
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not tables:
+            return None
+        row = (
+            conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if "meta" in tables
+            else None
+        )
+    except sqlite3.DatabaseError as err:
+        raise StoreError(f"{str(path)!r} is not a fedinterest store: {err}.") from err
+    finally:
+        conn.close()
+    if row is None:
+        shown = ", ".join(sorted(tables)[:5]) + (" ..." if len(tables) > 5 else "")
+        raise StoreError(
+            f"{str(path)!r} is not a fedinterest store: a SQLite database with other tables "
+            f"({shown}) and no fedinterest schema; refusing to touch it."
+        )
+    try:
+        return int(row[0])
+    except (TypeError, ValueError):
+        raise StoreError(
+            f"{str(path)!r} is not a fedinterest store: `schema_version` is {row[0]!r}."
+        ) from None
+
+
 class EmbeddingCache:
     """Embedding cache keyed by ``(model_id, text_hash)``, float32 vectors.
 
@@ -199,6 +247,42 @@ class _Transaction:
             self._conn.execute("ROLLBACK")
 
 
+#: what makes two events with one id the same event (flags and ingest time aside)
+_CONTENT_FIELDS: Final[tuple[str, ...]] = (
+    "user_id",
+    "timestamp",
+    "event_type",
+    "item_id",
+    "text",
+    "category",
+    "dwell_seconds",
+    "value",
+)
+_CONTENT_COLUMNS: Final[tuple[str, ...]] = (
+    "user_id",
+    "ts",
+    "event_type",
+    "item_id",
+    "text",
+    "category",
+    "dwell",
+    "value",
+)
+
+
+def _content(e: Event) -> tuple[Any, ...]:
+    return (
+        e.user_id,
+        e.timestamp,
+        e.event_type.value,
+        e.item_id,
+        e.text,
+        e.category,
+        e.dwell_seconds,
+        e.value,
+    )
+
+
 def _event_record(e: Event) -> dict[str, Any]:
     """The raw fields of an in-memory Event, for re-validation on ingest."""
     return {
@@ -235,19 +319,48 @@ class EventStore:
 
     Args:
         path: the database file (created with its parent directory if missing).
-        create: when False, a missing file is an error instead of being created.
+        create: when False, a missing file (or an empty database) is an error instead of
+            being created.
+        read_only: open through SQLite's ``mode=ro`` URI: nothing is created or written, not
+            even the WAL switch (``store info``, audits, reports).
         timeout: seconds to wait for a lock held by another process (e.g. a running node
             while ``fedinterest ingest`` writes).
     """
 
-    def __init__(self, path: str | Path, *, create: bool = True, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        create: bool = True,
+        read_only: bool = False,
+        timeout: float = 30.0,
+    ) -> None:
         self.path = Path(path)
+        self.read_only = read_only
         if not self.path.exists():
-            if not create:
+            if not create or read_only:
                 raise StoreError(f"store {str(self.path)!r} does not exist.")
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = _connect(self.path, timeout)
-        self._init_schema()
+            version: int | None = None
+        else:
+            # checked through a read-only connection first: another program's database (or
+            # any other file) is refused before a byte of it changes
+            version = _store_schema_version(self.path, timeout)
+            if version is None and (read_only or not create):
+                raise StoreError(
+                    f"{str(self.path)!r} is an empty database, not a fedinterest store "
+                    "(`fedinterest ingest --store` creates one)."
+                )
+        if version is not None and version > SCHEMA_VERSION:
+            raise StoreError(
+                f"store {str(self.path)!r} has schema version {version}; this fedinterest reads "
+                f"up to {SCHEMA_VERSION}. Upgrade fedinterest."
+            )
+        if read_only:
+            self._conn = _connect_read_only(self.path, timeout)
+        else:
+            self._conn = _connect(self.path, timeout)
+            self._init_schema()
         self.embeddings = EmbeddingCache(self._conn)
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -267,11 +380,6 @@ class EventStore:
                 self._conn.execute(
                     "INSERT OR IGNORE INTO meta VALUES ('store_id', ?)", (uuid.uuid4().hex,)
                 )
-        elif int(row[0]) > SCHEMA_VERSION:
-            raise StoreError(
-                f"store {str(self.path)!r} has schema version {row[0]}; this fedinterest reads "
-                f"up to {SCHEMA_VERSION}. Upgrade fedinterest."
-            )
 
     def close(self) -> None:
         self._conn.close()
@@ -326,11 +434,12 @@ class EventStore:
             )
         report = IngestReport()
         batch: list[Event] = []
+        lines: list[int | None] = []
         for item in items:
             if item is FLUSH:
                 if batch:
-                    self._commit(batch, report)
-                    batch = []
+                    self._commit(batch, lines, report)
+                    batch, lines = [], []
                     if on_batch is not None:
                         on_batch(report)
                 continue
@@ -346,13 +455,14 @@ class EventStore:
                 report.reject(_rejection(err, line))
                 continue
             batch.append(event)
+            lines.append(line)
             if len(batch) >= batch_size:
-                self._commit(batch, report)
-                batch = []
+                self._commit(batch, lines, report)
+                batch, lines = [], []
                 if on_batch is not None:
                     on_batch(report)
         if batch:
-            self._commit(batch, report)
+            self._commit(batch, lines, report)
             if on_batch is not None:
                 on_batch(report)
         if flag_quality and report.accepted:
@@ -360,7 +470,7 @@ class EventStore:
                 report.fixes[name] = n
         return report
 
-    def _commit(self, batch: list[Event], report: IngestReport) -> None:
+    def _commit(self, batch: list[Event], lines: list[int | None], report: IngestReport) -> None:
         now = time.time()
         rows = [
             (
@@ -381,10 +491,36 @@ class EventStore:
         ]
         with _Transaction(self._conn) as conn:
             before = conn.total_changes
+            stored = self._stored_content([e.event_id for e in batch])
             conn.executemany(_INSERT, rows)
             inserted = conn.total_changes - before
         report.accepted += inserted
         report.duplicates += len(batch) - inserted
+        seen: dict[str, tuple[Any, ...]] = {}
+        for e, line in zip(batch, lines, strict=True):
+            mine = _content(e)
+            # an id already stored, or repeated within this batch: same id, other content?
+            other = stored.get(e.event_id, seen.get(e.event_id))
+            if other is not None:
+                differ = [f for f, a, b in zip(_CONTENT_FIELDS, mine, other, strict=True) if a != b]
+                if differ:
+                    report.conflict(line, e.event_id, differ)
+            else:
+                seen[e.event_id] = mine
+
+    def _stored_content(self, event_ids: Sequence[str]) -> dict[str, tuple[Any, ...]]:
+        out: dict[str, tuple[Any, ...]] = {}
+        unique = list(dict.fromkeys(event_ids))
+        for i in range(0, len(unique), _SQL_CHUNK):
+            chunk = unique[i : i + _SQL_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for row in self._conn.execute(
+                f"SELECT event_id, {', '.join(_CONTENT_COLUMNS)} FROM events "
+                f"WHERE event_id IN ({marks})",
+                chunk,
+            ):
+                out[row[0]] = tuple(row[1:])
+        return out
 
     def refresh_quality_flags(self) -> dict[str, int]:
         """Recomputes the outlier and bot flags over the whole store, in SQL (memory stays

@@ -10,6 +10,7 @@ yield ``(line, record)`` pairs so one bad line is reported and never loses the f
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import enum
 import hashlib
@@ -32,6 +33,7 @@ import numpy.typing as npt
 from common.errors import ConfigError, InvalidEventError
 
 __all__ = [
+    "CSV_REQUIRED_COLUMNS",
     "FLUSH",
     "MIN_OUTLIER_SAMPLE",
     "MIN_TIMESTAMP",
@@ -211,6 +213,9 @@ class IngestReport:
         read: records read from the source (good and bad).
         accepted: events newly stored.
         duplicates: valid events already in the store (same ``event_id``), not stored again.
+        conflicts: the duplicates whose content differs from the stored event (same id, other
+            user, time, type, item, text, category, dwell or value): the stored event is kept.
+        conflict_examples: the first conflicts: line, event id and the fields that differ.
         rejected: records that failed validation.
         reasons: rejected count per reason code.
         fixes: count per repair applied to accepted events (``dwell_clamped``...).
@@ -225,6 +230,15 @@ class IngestReport:
     fixes: Counter[str] = field(default_factory=Counter)
     examples: list[Rejection] = field(default_factory=list)
     max_examples: int = 1000
+    conflicts: int = 0
+    conflict_examples: list[dict[str, Any]] = field(default_factory=list)
+
+    def conflict(self, line: int | None, event_id: str, fields: Sequence[str]) -> None:
+        self.conflicts += 1
+        if len(self.conflict_examples) < self.max_examples:
+            self.conflict_examples.append(
+                {"line": line, "event_id": event_id, "fields": list(fields)}
+            )
 
     def reject(self, rejection: Rejection) -> None:
         self.rejected += 1
@@ -242,6 +256,8 @@ class IngestReport:
             "fixes": dict(sorted(self.fixes.items())),
             "rejections": [r.to_dict() for r in self.examples],
             "rejections_truncated": self.rejected > len(self.examples),
+            "conflicts": self.conflicts,
+            "conflict_examples": self.conflict_examples,
         }
 
 
@@ -691,7 +707,16 @@ def read_stream(fd: int, *, max_line_bytes: int = 1 << 20) -> Iterator[RawItem |
                 skipping = False
                 continue
             line += 1
-            if raw.strip():
+            if len(raw) > max_line_bytes + 1:  # the same limit as a file's (newline aside)
+                yield (
+                    line,
+                    InvalidEventError(
+                        f"line longer than {max_line_bytes} bytes.",
+                        line=line,
+                        reason="line_too_long",
+                    ),
+                )
+            elif raw.strip():
                 yield line, _decode_json_line(raw, line)
         yield FLUSH
     if buf.strip() and not skipping:
@@ -710,6 +735,19 @@ def read_csv(
             yield from read_csv(f, delimiter=delimiter)
         return
     text = io.TextIOWrapper(source, encoding="utf-8", errors="surrogateescape", newline="")
+    try:
+        yield from _read_csv_rows(text, delimiter)
+    finally:
+        # hand the caller's file back open (closing the wrapper would close it too)
+        with contextlib.suppress(ValueError):
+            text.detach()
+
+
+#: the columns a CSV header must name (``item_id`` too, unless every row is a search)
+CSV_REQUIRED_COLUMNS: Final[tuple[str, ...]] = ("user_id", "timestamp", "event_type", "text")
+
+
+def _read_csv_rows(text: IO[str], delimiter: str) -> Iterator[RawItem]:
     reader = csv.reader(text, delimiter=delimiter)
     try:
         header = next(reader)
@@ -719,6 +757,22 @@ def read_csv(
         yield 1, InvalidEventError(f"malformed CSV header: {err}.", line=1, reason="bad_csv")
         return
     names = [h.strip().lstrip("\ufeff") for h in header]
+    missing = [c for c in CSV_REQUIRED_COLUMNS if c not in names]
+    if missing:
+        shown = ", ".join(_short(n) for n in names[:12]) + (" ..." if len(names) > 12 else "")
+        yield (
+            1,
+            InvalidEventError(
+                f"the CSV header must name the columns {', '.join(CSV_REQUIRED_COLUMNS)} "
+                f"(and item_id); missing {', '.join(missing)}. Found the header [{shown}]."
+                + (" (is --format tsv/csv right?)" if len(names) == 1 else ""),
+                line=1,
+                field="header",
+                value=_short(",".join(names)),
+                reason="bad_header",
+            ),
+        )
+        return
     while True:
         try:
             row = next(reader)

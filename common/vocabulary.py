@@ -182,6 +182,10 @@ def default_vocabulary() -> Vocabulary:
     )
 
 
+#: a label space is a few thousand lines; anything far larger is the wrong file
+MAX_TAXONOMY_BYTES: Final[int] = 16 << 20
+
+
 def load_taxonomy_tsv(path: str | Path) -> Vocabulary:
     """Loads a label space from a TSV.
 
@@ -193,10 +197,24 @@ def load_taxonomy_tsv(path: str | Path) -> Vocabulary:
         - a ``category`` column with ``>``-separated names.
     """
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"taxonomy {str(p)!r} is a directory; give a .tsv file.")
     if not p.is_file():
         raise ConfigError(f"taxonomy file {str(p)!r} does not exist.")
-    with open(p, encoding="utf-8", newline="") as f:
-        rows = list(csv.reader(f, delimiter="\t"))
+    if p.stat().st_size > MAX_TAXONOMY_BYTES:
+        raise ConfigError(
+            f"taxonomy {str(p)!r} is {p.stat().st_size} bytes; the limit is {MAX_TAXONOMY_BYTES}."
+        )
+    try:
+        with open(p, encoding="utf-8", newline="") as f:
+            rows = list(csv.reader(f, delimiter="\t"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"taxonomy {str(p)!r} is not UTF-8 text (byte {err.start}: {err.reason}); "
+            "give a tab-separated label file."
+        ) from err
+    except csv.Error as err:
+        raise ConfigError(f"taxonomy {str(p)!r} is not a readable TSV: {err}.") from err
     header_idx = next(
         (
             i
@@ -221,10 +239,10 @@ def load_taxonomy_tsv(path: str | Path) -> Vocabulary:
     else:
         j = header.index("category")
         paths = [[s for s in row[j].split(">")] for row in body if len(row) > j]
-    paths = [q for q in paths if q]
-    if not paths:
-        raise ConfigError(f"taxonomy {str(p)!r} has no labels.")
-    return Vocabulary.from_paths(paths, name=p.stem)
+    try:
+        return Vocabulary.from_paths([q for q in paths if q], name=p.stem)
+    except ConfigError as err:
+        raise ConfigError(f"taxonomy {str(p)!r}: {err}") from err
 
 
 @dataclass(frozen=True)

@@ -8,13 +8,15 @@ imports torch. Exit codes: 0 success, 1 failure (one line on stderr: ``fedintere
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import sqlite3
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from common.errors import FedInterestError
 
@@ -25,6 +27,22 @@ _MAX_PRINTED_REJECTIONS = 20
 
 class CliError(FedInterestError):
     """A failure to report on one line and exit 1."""
+
+    exit_code = 1
+
+
+class UsageError(CliError):
+    """The command line itself is wrong (a flag, a missing argument): exit 2."""
+
+    exit_code = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors raised to :func:`main`'s boundary instead of printed and
+    exited on the spot: one line (or JSON with ``--json``), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
 def _progress(total: int | None, desc: str, args: argparse.Namespace, unit: str = "it") -> Any:
@@ -117,27 +135,148 @@ def _cmd_data_movielens(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------
 
 
+def _ingest_sources(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """Every input checked before the store is touched: ``(name, format)`` per source."""
+    if not args.files and not args.sqlite:
+        raise UsageError(
+            "nothing to ingest: give FILE (or - for standard input), or --sqlite DB --query SQL."
+        )
+    if args.sqlite and not args.query:
+        raise UsageError(
+            "--sqlite needs --query (a SELECT whose column names are the event fields)."
+        )
+    if args.query and not args.sqlite:
+        raise UsageError("--query needs --sqlite DB (the database to run it on).")
+    if args.files.count("-") > 1:
+        raise UsageError("standard input (-) can be read once per command.")
+    sources = []
+    for name in args.files:
+        if name == "-":
+            sources.append((name, args.format or "jsonl"))
+            continue
+        path = Path(name)
+        if path.is_dir():
+            raise CliError(f"input {name!r} is a directory; give the event files in it.")
+        if not path.is_file():
+            raise CliError(f"input file {name!r} does not exist.")
+        fmt = args.format or _format_from_suffix(path)
+        _check_input_file(path, fmt)
+        sources.append((name, fmt))
+    if args.sqlite:
+        src = Path(args.sqlite)
+        if not src.is_file():
+            raise CliError(f"--sqlite database {args.sqlite!r} does not exist.")
+        _check_select(args.query)
+        with contextlib.closing(_open_source_db(src)) as conn:
+            try:  # compiled, not run: the authorizer and SQLite's own checks speak now
+                conn.execute("EXPLAIN " + args.query).fetchone()
+            except sqlite3.Error as err:
+                raise _query_error(args.sqlite, err) from err
+    return sources
+
+
+def _open_source_db(path: Path) -> sqlite3.Connection:
+    """The --sqlite database, read-only, with the read-only authorizer installed."""
+    try:
+        conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+        conn.execute("PRAGMA query_only=ON")
+        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # is it SQLite at all?
+    except sqlite3.Error as err:
+        raise CliError(f"--sqlite database {str(path)!r} cannot be opened: {err}.") from err
+    conn.set_authorizer(_sql_authorizer)
+    return conn
+
+
+def _query_error(db: str, err: sqlite3.Error | sqlite3.Warning) -> CliError:
+    if isinstance(err, (sqlite3.Warning, sqlite3.ProgrammingError)) and "one statement" in str(err):
+        return UsageError(f"--query must be exactly one statement: {err}")
+    hint = (
+        " (a --query may only read: SELECT, no ATTACH, PRAGMA or writes)"
+        if "not authorized" in str(err)
+        else ""
+    )
+    return CliError(f"--query failed on {db!r}: {err}{hint}.")
+
+
+def _check_input_file(path: Path, fmt: str) -> None:
+    """A file that cannot be read as ``fmt`` at all fails before anything is stored."""
+    from common.errors import InvalidEventError
+    from common.events import read_csv
+
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if fmt == "jsonl" and head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):
+        raise CliError(
+            f"input {str(path)!r} holds a JSON array, not JSON Lines (one event object per "
+            f"line); convert it first, e.g. `jq -c '.[]' {path.name} > {path.stem}.jsonl`."
+        )
+    if fmt in ("csv", "tsv"):
+        with open(path, "rb") as f:
+            first = next(read_csv(f, delimiter="," if fmt == "csv" else "\t"), None)
+        line, bad = first if first is not None else (0, None)
+        if line == 1 and isinstance(bad, InvalidEventError) and bad.reason != "invalid_utf8":
+            raise CliError(f"input {str(path)!r}: {bad.detail}")
+
+
+#: SQLite authorizer actions a --query may use: reading and computing, nothing else (no
+#: ATTACH, PRAGMA, writes, transactions or schema changes); a denied action fails the query.
+_SQL_ALLOWED = frozenset(
+    {
+        sqlite3.SQLITE_SELECT,
+        sqlite3.SQLITE_READ,
+        sqlite3.SQLITE_FUNCTION,
+        getattr(sqlite3, "SQLITE_RECURSIVE", 33),
+    }
+)
+
+
+def _check_select(query: str) -> None:
+    """One ``SELECT`` (or ``WITH ... SELECT``) statement; anything else is refused unrun."""
+    body = _strip_sql_comments(query).strip().rstrip(";").strip()
+    if not body:
+        raise UsageError("--query is empty; give one SELECT statement.")
+    first = body.split(None, 1)[0].upper()
+    if first not in ("SELECT", "WITH", "VALUES"):
+        raise UsageError(
+            f"--query must be one SELECT (or WITH ... SELECT) statement. Found {first!r}: "
+            f"{_short_sql(query)}."
+        )
+    if not sqlite3.complete_statement(body + ";"):
+        raise UsageError(f"--query must be exactly one statement. Found {_short_sql(query)}.")
+
+
+def _strip_sql_comments(query: str) -> str:
+    import re
+
+    return re.sub(r"--[^\n]*|/\*.*?(\*/|$)", " ", query, flags=re.DOTALL)
+
+
+def _short_sql(query: str) -> str:
+    q = " ".join(query.split())
+    return repr(q if len(q) <= 80 else q[:77] + "...")
+
+
+def _sql_authorizer(action: int, *_: object) -> int:
+    return sqlite3.SQLITE_OK if action in _SQL_ALLOWED else sqlite3.SQLITE_DENY
+
+
 def _cmd_ingest(args: argparse.Namespace) -> int:
     from client.store import EventStore
     from common.events import IngestReport, read_csv, read_jsonl, read_sql, read_stream
 
-    if not args.files and not args.sqlite:
-        raise CliError(
-            "nothing to ingest: give FILE (or - for standard input), or --sqlite DB --query SQL."
-        )
-    if args.sqlite and not args.query:
-        raise CliError("--sqlite needs --query (a SELECT whose column names are the event fields).")
+    sources = _ingest_sources(args)
     reports: list[tuple[str, IngestReport]] = []
     with EventStore(args.store) as store:
-        for name in args.files:
+        for name, fmt in sources:
             if name == "-":
-                rep = store.ingest(read_stream(sys.stdin.fileno()), batch_size=args.batch_size)
+                if fmt == "jsonl":
+                    stream: Any = read_stream(sys.stdin.fileno())
+                else:
+                    stream = read_csv(sys.stdin.buffer, delimiter="," if fmt == "csv" else "\t")
+                rep = store.ingest(stream, batch_size=args.batch_size)
                 reports.append(("<stdin>", rep))
                 continue
             path = Path(name)
-            if not path.is_file():
-                raise CliError(f"input file {name!r} does not exist.")
-            fmt = args.format or _format_from_suffix(path)
             with (
                 open(path, "rb") as f,
                 _progress(path.stat().st_size, f"ingest {path.name}", args, "B") as bar,
@@ -149,25 +288,23 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
                 }[fmt]()
 
                 def tick(_: IngestReport, f: Any = f, bar: Any = bar) -> None:
-                    bar.n = f.tell()
-                    bar.refresh()
+                    if not f.closed:
+                        bar.n = f.tell()
+                        bar.refresh()
 
                 rep = store.ingest(source, batch_size=args.batch_size, on_batch=tick)
             reports.append((name, rep))
         if args.sqlite:
-            import sqlite3
-
-            if not Path(args.sqlite).is_file():
-                raise CliError(f"--sqlite database {args.sqlite!r} does not exist.")
-            src = sqlite3.connect(f"file:{args.sqlite}?mode=ro", uri=True)
+            src = _open_source_db(Path(args.sqlite))
             try:
                 rep = store.ingest(read_sql(src, args.query), batch_size=args.batch_size)
-            except sqlite3.Error as err:
-                raise CliError(f"--query failed on {args.sqlite!r}: {err}.") from err
+            except (sqlite3.Error, sqlite3.Warning) as err:
+                raise _query_error(args.sqlite, err) from err
             finally:
                 src.close()
             reports.append((f"sqlite:{args.sqlite}", rep))
         total_events = store.count()
+    unreadable = [name for name, rep in reports if rep.reasons.get("bad_header")]
 
     rejected = sum(r.rejected for _, r in reports)
     payload = {
@@ -176,6 +313,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         "sources": [{"source": name, **rep.to_dict()} for name, rep in reports],
         "accepted": sum(r.accepted for _, r in reports),
         "duplicates": sum(r.duplicates for _, r in reports),
+        "conflicts": sum(r.conflicts for _, r in reports),
         "rejected": rejected,
     }
 
@@ -193,6 +331,13 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
                 print(
                     f"  ... and {rep.rejected - _MAX_PRINTED_REJECTIONS} more (--json lists up to 1000)"
                 )
+            if rep.conflicts:
+                first = rep.conflict_examples[0]
+                print(
+                    f"  {rep.conflicts} duplicate id(s) with other content than the stored event "
+                    f"(the stored one is kept), e.g. line {first['line']}: event_id "
+                    f"{first['event_id']!r} differs in {', '.join(first['fields'])}"
+                )
             fixes = {k: v for k, v in rep.fixes.items() if v}
             if fixes:
                 print(
@@ -201,10 +346,20 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         print(f"store {args.store}: {total_events} events")
 
     _emit(args, payload, human)
+    if unreadable:
+        raise CliError(f"{unreadable[0]}: {_first_reason(reports, 'bad_header')}")
     if args.strict and rejected:
         print(f"fedinterest: error: {rejected} record(s) rejected (--strict).", file=sys.stderr)
         return 1
     return 0
+
+
+def _first_reason(reports: Sequence[tuple[str, Any]], reason: str) -> str:
+    for _, rep in reports:
+        for r in rep.examples:
+            if r.reason == reason:
+                return str(r.message)
+    return reason
 
 
 def _format_from_suffix(path: Path) -> str:
@@ -213,7 +368,7 @@ def _format_from_suffix(path: Path) -> str:
         return "jsonl"
     if suffix in (".csv", ".tsv"):
         return suffix[1:]
-    raise CliError(f"cannot tell the format of {str(path)!r}; pass --format jsonl|csv|tsv.")
+    raise UsageError(f"cannot tell the format of {str(path)!r}; pass --format jsonl|csv|tsv.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -221,12 +376,18 @@ def _format_from_suffix(path: Path) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+def _existing_store(path: str) -> None:
+    if Path(path).is_dir():
+        raise CliError(f"--store {path!r} is a directory, not a device store.")
+    if not Path(path).is_file():
+        raise CliError(f"store {path!r} does not exist.")
+
+
 def _cmd_store_info(args: argparse.Namespace) -> int:
     from client.store import EventStore
 
-    if not Path(args.store).is_file():
-        raise CliError(f"store {args.store!r} does not exist.")
-    with EventStore(args.store, create=False) as store:
+    _existing_store(args.store)
+    with EventStore(args.store, read_only=True) as store:
         info = store.info()
         aggregates = [a.to_dict() for a in store.user_aggregates()] if args.users else None
     if aggregates is not None:
@@ -260,15 +421,14 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     from client.encoder import EncoderConfig, MiniLMEncoder, encode_cached
     from client.store import EventStore
 
-    if not Path(args.store).is_file():
-        raise CliError(f"store {args.store!r} does not exist.")
-    encoder = MiniLMEncoder(
-        EncoderConfig(
-            model_dir=args.model_dir, batch_size=args.batch_size, num_threads=args.threads
-        )
-    )
+    _existing_store(args.store)
     t0 = time.perf_counter()
     with EventStore(args.store, create=False) as store:
+        encoder = MiniLMEncoder(
+            EncoderConfig(
+                model_dir=args.model_dir, batch_size=args.batch_size, num_threads=args.threads
+            )
+        )
         todo = store.texts_without_embedding(encoder.model_id)
         with _progress(len(todo), "encode", args, "text") as bar:
 
@@ -314,6 +474,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
     mods = [dropout_mod(args.dropout, args.seed)] if args.dropout else []
     if args.resume:
+        _refuse_flags_with_resume(args)
         opts = options_from_run_dir(
             args.resume,
             resume=True,
@@ -362,6 +523,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             "WARNING: --no-dp releases every device's leaf sums WITHOUT noise. Epsilon is infinite.",
             file=sys.stderr,
         )
+    _warn_large_delta(opts.run.privacy.delta, opts.clients)
     quiet = args.quiet or args.json
     metrics = simulate(
         opts, progress=None if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
@@ -374,6 +536,38 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     elif not args.quiet:
         _print_run_summary(Path(args.out), metrics)
     return 0
+
+
+#: flags that --resume may take: the rest of the run's settings come from its config.json
+_RESUME_FLAGS = frozenset({"resume", "cache", "verbose", "quiet", "json", "dropout", "func"})
+
+
+def _refuse_flags_with_resume(args: argparse.Namespace) -> None:
+    """``--resume`` continues a run with its own settings; a flag that would change them is a
+    usage error, never silently ignored."""
+    defaults = vars(build_parser().parse_args(["simulate"]))
+    given = sorted(
+        k for k, v in vars(args).items() if k not in _RESUME_FLAGS and v != defaults.get(k, v)
+    )
+    if given:
+        flags = ", ".join(f"--{k.replace('_', '-')} {getattr(args, k)!r}" for k in given)
+        raise UsageError(
+            f"--resume continues {args.resume!r} with the settings in its config.json; it takes "
+            f"no run settings. Found {flags}."
+        )
+
+
+def _warn_large_delta(delta: float, population: int) -> None:
+    """Delta is the chance the epsilon guarantee fails outright; above 1/population a
+    mechanism may publish some user's data whole and still meet it (Dwork & Roth 2014, 2.3)."""
+    if delta > 1.0 / max(population, 1):
+        print(
+            f"fedinterest: warning: --delta {delta:g} is above 1/population "
+            f"(1/{population} = {1.0 / max(population, 1):.2g}): the guarantee allows a "
+            "release that exposes a user outright with that probability; use delta well "
+            "below 1/population (e.g. 1e-5 or smaller).",
+            file=sys.stderr,
+        )
 
 
 def _print_run_summary(run_dir: Path, metrics: dict[str, Any]) -> None:
@@ -425,7 +619,14 @@ def _fmt_eps(v: Any) -> str:
 def _cmd_audit(args: argparse.Namespace) -> int:
     from simulations.audit import audit_device, audit_run
 
+    if args.store and args.run_dir:
+        raise UsageError("give RUN_DIR or --store PATH, not both.")
+    if args.store and (args.empirical or args.no_dp):
+        raise UsageError("--empirical and --no-dp audit a RUN_DIR, not one --store.")
+    if args.no_dp and not args.empirical:
+        raise UsageError("--no-dp goes with --empirical (the canary run without noise).")
     if args.store:
+        _existing_store(args.store)
         dev = audit_device(
             args.store,
             delta=args.delta or 1e-5,
@@ -446,9 +647,12 @@ def _cmd_audit(args: argparse.Namespace) -> int:
                 print(f"  FLAG: {f}")
 
         _emit(args, payload, human_store)
-        return 1 if dev.flags and args.strict else 0
+        _strict_audit(args, dev.flags)
+        return 0
     if not args.run_dir:
-        raise CliError("give RUN_DIR, or --store PATH for one device.")
+        raise UsageError("give RUN_DIR, or --store PATH for one device.")
+    if args.budget is not None:
+        raise UsageError("--budget goes with --store (a run's budgets are in its config.json).")
     if args.empirical:
         return _audit_empirical(args)
     report = audit_run(args.run_dir, delta=args.delta, accountant=args.accountant)
@@ -488,7 +692,15 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         print(f"wrote {args.run_dir}/audit.json")
 
     _emit(args, report, human)
-    return 1 if report["flags"] and args.strict else 0
+    _strict_audit(args, report["flags"])
+    return 0
+
+
+def _strict_audit(args: argparse.Namespace, flags: Sequence[str]) -> None:
+    """``--strict``: any flag fails the command, saying so on stderr."""
+    if flags and args.strict:
+        more = f" (+{len(flags) - 1} more)" if len(flags) > 1 else ""
+        raise CliError(f"the audit flagged {len(flags)} problem(s) (--strict): {flags[0]}{more}.")
 
 
 def _audit_empirical(args: argparse.Namespace) -> int:
@@ -544,51 +756,131 @@ _HIERARCHY_STATE = "hierarchy"
 
 def _device_context(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
     """(store, hierarchy, encoder, adapter) for the profile commands. A --hierarchy file is
-    also saved in the store, so later calls work offline without it."""
+    also saved in the store, so later calls work offline without it. Every input is checked
+    before the store is written."""
     from client.app import ADAPTER_STATE_KEY
     from client.encoder import EncoderConfig, MiniLMEncoder
     from client.store import EventStore
-    from common.adapter import AdapterWeights
     from common.hierarchy import Hierarchy
 
-    if not Path(args.store).is_file():
-        raise CliError(f"store {args.store!r} does not exist.")
-    store = EventStore(args.store, create=False)
+    _existing_store(args.store)
+    h = None
     if args.hierarchy:
-        h = Hierarchy.load(args.hierarchy)
-        store.set_state(_HIERARCHY_STATE, h.to_json().encode("utf-8"))
-    else:
-        raw = store.get_state(_HIERARCHY_STATE)
-        if raw is None:
-            store.close()
-            raise CliError(
-                "no hierarchy: pass --hierarchy RUN_DIR/hierarchy.json once (it is kept in the store)."
-            )
-        h = Hierarchy.from_json(raw)
-    adapter = None
-    if args.adapter:
-        import numpy as np
+        try:
+            h = Hierarchy.load(_input_file(args.hierarchy, "--hierarchy"))
+        except FedInterestError as err:
+            if isinstance(err, CliError):
+                raise
+            raise CliError(f"--hierarchy {args.hierarchy!r}: {err}") from err
+    adapter = (
+        _load_adapter(_input_file(args.adapter, "--adapter"), "--adapter") if args.adapter else None
+    )
+    store = EventStore(args.store, create=False)
+    try:
+        if h is not None:
+            store.set_state(_HIERARCHY_STATE, h.to_json().encode("utf-8"))
+        else:
+            raw = store.get_state(_HIERARCHY_STATE)
+            if raw is None:
+                raise CliError(
+                    "no hierarchy: pass --hierarchy RUN_DIR/hierarchy.json once (it is kept in "
+                    "the store)."
+                )
+            h = Hierarchy.from_json(raw)
+        if adapter is None:
+            packed = store.get_state(ADAPTER_STATE_KEY)
+            if packed is not None:
+                import io
 
-        with np.load(args.adapter) as z:
-            adapter = AdapterWeights(z["a"], z["b"])
-    else:
-        packed = store.get_state(ADAPTER_STATE_KEY)
-        if packed is not None:
-            import io
-
-            import numpy as np
-
-            with np.load(io.BytesIO(packed)) as z:
-                adapter = AdapterWeights(z["a"], z["b"])
+                adapter = _load_adapter(io.BytesIO(packed), "the store's adapter")
+        encoder = MiniLMEncoder(EncoderConfig(model_dir=args.model_dir))
+    except BaseException:
+        store.close()
+        raise
     if adapter is not None and adapter.is_identity():
         adapter = None
-    return store, h, MiniLMEncoder(EncoderConfig(model_dir=args.model_dir)), adapter
+    if store.count() == 0:
+        print(
+            f"fedinterest: warning: store {args.store!r} holds no events: the profile is empty "
+            "and every candidate scores alike.",
+            file=sys.stderr,
+        )
+    return store, h, encoder, adapter
+
+
+def _input_file(path: str, flag: str) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        raise CliError(f"{flag} {path!r} is a directory; give a file.")
+    if not p.is_file():
+        raise CliError(f"{flag} file {path!r} does not exist.")
+    return p
+
+
+def _load_npz(source: Any, what: str, keys: Sequence[str]) -> dict[str, Any]:
+    """The named arrays of an ``.npz`` (no pickles), or a :class:`CliError` naming ``what``."""
+    import zipfile
+
+    import numpy as np
+
+    try:
+        loaded = np.load(source, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise CliError(f"{what} must be an .npz archive. Found a single .npy array.")
+        with loaded as z:
+            missing = [k for k in keys if k not in z.files]
+            if missing:
+                raise CliError(
+                    f"{what} lacks the array(s) {', '.join(missing)}. Found "
+                    f"{', '.join(z.files) or 'none'} (is it the right file?)."
+                )
+            return {k: z[k] for k in z.files}
+    except CliError:
+        raise
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as err:
+        raise CliError(f"{what} is not a readable .npz archive: {err}.") from err
+
+
+def _load_adapter(source: Any, what: str) -> Any:
+    from common.adapter import AdapterWeights
+
+    z = _load_npz(source, what, ("a", "b"))
+    try:
+        return AdapterWeights(z["a"].astype("float32"), z["b"].astype("float32"))
+    except (ValueError, TypeError) as err:
+        raise CliError(f"{what}: {err}") from err
+
+
+def _load_popularity(path: Path) -> tuple[list[str], Any, float]:
+    """``(items, counts, noise_std)`` of a run's ``popularity.npz``, checked."""
+    import numpy as np
+
+    z = _load_npz(path, f"--popularity {str(path)!r}", ("items", "counts"))
+    items, counts = z["items"], z["counts"]
+    if items.ndim != 1 or counts.shape != items.shape:
+        raise CliError(
+            f"--popularity {str(path)!r}: `items` and `counts` must be two arrays of one length. "
+            f"Found shapes {items.shape} and {counts.shape}."
+        )
+    if not np.issubdtype(counts.dtype, np.number) or not np.isfinite(counts).all():
+        raise CliError(f"--popularity {str(path)!r}: `counts` must be finite numbers.")
+    noise = z.get("noise_std", np.array(0.0))
+    try:
+        noise_std = float(noise)
+    except (TypeError, ValueError):
+        noise_std = float("nan")
+    if not (noise_std >= 0 and np.isfinite(noise_std)):
+        raise CliError(
+            f"--popularity {str(path)!r}: `noise_std` must be a number >= 0. Found {noise!r}."
+        )
+    return [str(i) for i in items], counts.astype(np.float64), noise_std
 
 
 def _cmd_profile(args: argparse.Namespace) -> int:
     from client.profile import device_profile, segments
     from common.projection import DEFAULT_SEED
 
+    pop = _population_from_analytics(args.population) if args.population else None
     store, h, encoder, adapter = _device_context(args)
     try:
         prof = device_profile(
@@ -619,8 +911,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         ],
         "drift": drift.to_dict(),
     }
-    if args.population:
-        pop = _population_from_analytics(args.population)
+    if pop is not None:
         payload["segments"] = segments(prof, pop, min_population=args.min_population)
 
     def human() -> None:
@@ -654,11 +945,25 @@ def _population_from_analytics(path: str) -> dict[str, float]:
         raise CliError(
             f"population file {path!r} does not exist (RUN_DIR/analytics.jsonl of a run with --histogram)."
         )
-    lines = [ln for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    try:
+        lines = [ln for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except UnicodeDecodeError as err:
+        raise CliError(f"population file {path!r} is not UTF-8 text: {err}.") from err
     if not lines:
         raise CliError(f"population file {path!r} is empty.")
-    last = json.loads(lines[-1])
-    return {n["id"]: float(n["count"]) for n in last["nodes"]}
+    where = f"population file {path!r}, line {len(lines)}"
+    try:
+        last = json.loads(lines[-1])
+        nodes = last["nodes"]
+        out = {str(n["id"]): float(n["count"]) for n in nodes}
+    except ValueError as err:
+        raise CliError(f"{where}: not a JSON analytics record ({err}).") from err
+    except (KeyError, TypeError) as err:
+        raise CliError(
+            f'{where}: expected {{"nodes": [{{"id": ..., "count": ...}}]}} '
+            f"(RUN_DIR/analytics.jsonl). Missing or wrong field: {err}."
+        ) from err
+    return out
 
 
 def _cmd_recommend(args: argparse.Namespace) -> int:
@@ -669,6 +974,9 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
     from common.projection import DEFAULT_SEED
 
     cands = _read_candidates(args.candidates)
+    popularity = (
+        _load_popularity(_input_file(args.popularity, "--popularity")) if args.popularity else None
+    )
     store, h, encoder, adapter = _device_context(args)
     try:
         prof = device_profile(
@@ -682,14 +990,12 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
     finally:
         store.close()
     prior = None
-    if args.popularity:
+    if popularity is not None:
         from common.popularity import standardised_prior
 
-        with np.load(args.popularity) as z:
-            items = [str(i) for i in z["items"]]
-            # one extra entry: an item outside the catalogue, observed at count 0
-            counts = np.append(z["counts"].astype(np.float64), 0.0)
-            noise = float(z["noise_std"]) if "noise_std" in z else 0.0
+        items, raw_counts, noise = popularity
+        # one extra entry: an item outside the catalogue, observed at count 0
+        counts = np.append(raw_counts, 0.0)
         std_prior = standardised_prior(counts, noise)
         where = {item: n for n, item in enumerate(items)}
         prior = std_prior[[where.get(i, len(items)) for i, _ in cands]]
@@ -716,11 +1022,17 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
 
 def _read_candidates(path: str) -> list[tuple[str, str]]:
     """JSON Lines with ``item_id`` and ``text`` (or plain lines: the text, numbered)."""
-    p = Path(path)
-    if not p.is_file():
-        raise CliError(f"candidates file {path!r} does not exist.")
+    p = _input_file(path, "--candidates")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        bad_line = p.read_bytes()[: err.start].count(b"\n") + 1
+        raise CliError(
+            f"--candidates {path!r}: line {bad_line} is not UTF-8 "
+            f"(byte {err.object[err.start]:#04x})."
+        ) from err
     out = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
+    for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         if line.lstrip().startswith("{"):
@@ -855,8 +1167,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def _output_flags() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(add_help=False)
+def _output_flags() -> _Parser:
+    p = _Parser(add_help=False)
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
     return p
@@ -869,6 +1181,17 @@ def _positive_int(s: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, found {s!r}") from None
     if v < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, found {s!r}")
+    return v
+
+
+def _batch_size(s: str) -> int:
+    from client.store import MAX_INGEST_BATCH
+
+    v = _positive_int(s)
+    if v > MAX_INGEST_BATCH:
+        raise argparse.ArgumentTypeError(
+            f"expected at most {MAX_INGEST_BATCH} (events held in memory), found {s!r}"
+        )
     return v
 
 
@@ -889,6 +1212,39 @@ def _finite_float(s: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, found {s!r}") from None
     if v != v or v in (float("inf"), float("-inf")):
         raise argparse.ArgumentTypeError(f"expected a finite number, found {s!r}")
+    return v
+
+
+def _open_share(s: str) -> float:
+    """A probability strictly between 0 and 1 (delta)."""
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), found {s!r}") from None
+    if not 0.0 < v < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), found {s!r}")
+    return v
+
+
+def _fraction(s: str) -> float:
+    """A share of a population that must sample somebody: (0, 1]."""
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], found {s!r}") from None
+    if not 0.0 < v <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], found {s!r}")
+    return v
+
+
+def _rate(s: str) -> float:
+    """A per-device probability that leaves somebody: [0, 1)."""
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), found {s!r}") from None
+    if not 0.0 <= v < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), found {s!r}")
     return v
 
 
@@ -917,7 +1273,9 @@ def add_run_settings(p: argparse.ArgumentParser) -> None:
         help="virtual clients, one per user (default 100)",
     )
     p.add_argument("--rounds", type=_positive_int, default=5, help="federated rounds (default 5)")
-    p.add_argument("--delta", type=_share, default=1e-5, help="delta (default 1e-5)")
+    p.add_argument(
+        "--delta", type=_open_share, default=1e-5, help="delta, in (0, 1) (default 1e-5)"
+    )
     p.add_argument(
         "--mode",
         choices=["secagg", "local"],
@@ -926,9 +1284,9 @@ def add_run_settings(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--fraction",
-        type=_share,
+        type=_fraction,
         default=1.0,
-        help="share of clients sampled per round (default 1)",
+        help="share of clients sampled per round, in (0, 1] (default 1)",
     )
     p.add_argument(
         "--seed",
@@ -975,7 +1333,7 @@ def add_run_settings(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--min-cohort-fraction",
-        type=_share,
+        type=_fraction,
         default=0.7,
         help="secagg: share of sampled devices the noise shares are calibrated for (default 0.7)",
     )
@@ -984,7 +1342,7 @@ def add_run_settings(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     out = _output_flags()
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="fedinterest",
         description="Federated, differentially private interest hierarchies from behaviour logs.",
     )
@@ -1052,9 +1410,9 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--query", metavar="SQL", help="SELECT whose column names are event fields")
     ing.add_argument(
         "--batch-size",
-        type=_positive_int,
+        type=_batch_size,
         default=1000,
-        help="events per transaction (default 1000)",
+        help="events per transaction, 1 to 100,000 (default 1000)",
     )
     ing.add_argument("--strict", action="store_true", help="exit 1 if any record is rejected")
     ing.set_defaults(func=_cmd_ingest)
@@ -1107,13 +1465,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sim.add_argument(
         "--dropout",
-        type=_share,
+        type=_rate,
         default=0.0,
-        help="fault injection: each device drops out of each round with this probability",
+        help="fault injection: each device drops out of each round with this probability, in"
+        " [0, 1)",
     )
     sim.set_defaults(func=_cmd_simulate)
 
-    device_flags = argparse.ArgumentParser(add_help=False)
+    device_flags = _Parser(add_help=False)
     device_flags.add_argument("--store", required=True, help="the device's SQLite store")
     device_flags.add_argument(
         "--hierarchy", help="hierarchy.json (kept in the store for later calls)"
@@ -1167,7 +1526,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_float,
         help="with --store: the device's budget (flag if exceeded)",
     )
-    aud.add_argument("--delta", type=_share, default=None, help="delta (default: the run's)")
+    aud.add_argument(
+        "--delta", type=_open_share, default=None, help="delta, in (0, 1) (default: the run's)"
+    )
     aud.add_argument(
         "--accountant", choices=["pld", "rdp"], default=None, help="accountant (default: the run's)"
     )
@@ -1270,25 +1631,60 @@ def _version() -> str:
         return "unknown"
 
 
+def _report_error(message: str, code: int, kind: str, as_json: bool) -> int:
+    """The CLI's one way to fail: one line on stderr (``--json``: one JSON object)."""
+    message = " ".join(message.split())  # one line, whatever the exception text held
+    if as_json:
+        doc = {"error": {"message": message, "type": kind, "exit_code": code}}
+        sys.stderr.write(json.dumps(doc, sort_keys=True) + "\n")
+    else:
+        sys.stderr.write(f"fedinterest: error: {message}\n")
+    sys.stderr.flush()
+    return code
+
+
+def _os_error_message(err: OSError) -> str:
+    what = err.strerror or str(err)
+    if err.filename is not None:
+        return f"{what}: {str(err.filename)!r}."
+    return f"{what}."
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the CLI; returns the exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    func = args.func
+    """Runs the CLI; returns the exit code: 0 success, 1 error, 2 usage (130 interrupted).
+
+    This is the one error boundary: no traceback reaches a user. An unexpected exception is
+    reported on one line as an internal error; ``FEDINTEREST_DEBUG=1`` re-raises it.
+    """
+    words = list(sys.argv[1:] if argv is None else argv)
+    as_json = "--json" in words
     try:
-        return int(func(args))
+        args = build_parser().parse_args(words)
+        return int(args.func(args))
+    except CliError as err:
+        return _report_error(str(err), err.exit_code, type(err).__name__, as_json)
     except FedInterestError as err:
-        print(f"fedinterest: error: {err}", file=sys.stderr)
+        return _report_error(str(err), 1, type(err).__name__, as_json)
+    except BrokenPipeError:
+        # the reader went away (`| head`): nothing to say, and nothing more to print
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except OSError as err:
-        print(f"fedinterest: error: {err}", file=sys.stderr)
-        return 1
+        return _report_error(_os_error_message(err), 1, type(err).__name__, as_json)
     except KeyboardInterrupt:
         print("fedinterest: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+    except Exception as err:
+        if os.environ.get("FEDINTEREST_DEBUG"):
+            raise
+        return _report_error(
+            f"internal error ({type(err).__name__}: {err}); please report it, with the "
+            "command; FEDINTEREST_DEBUG=1 shows the traceback.",
+            1,
+            "InternalError",
+            as_json,
+        )
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import sys
 import time
 import uuid
@@ -57,6 +56,7 @@ from simulations.evaluation import (
     next_event_recall,
 )
 from simulations.profile_eval import temporal_split
+from simulations.run_dir import RunStaging, check_run_target
 
 __all__ = [
     "DatasetBundle",
@@ -379,23 +379,18 @@ def _simulate(
     say = progress or (lambda _msg: None)
     t0 = time.perf_counter()
     run = opts.run
-    out = Path(opts.out)
+    target = Path(opts.out)
+    # everything is checked before the output is touched: a bad --out, taxonomy or dataset
+    # fails here, with nothing written or removed
     if opts.resume:
-        _check_resumable(out)
-        say(f"resuming {out}")
-    elif out.exists() and any(out.iterdir()):
-        if not opts.overwrite:
-            raise ConfigError(
-                f"run directory {str(out)!r} is not empty; pass --overwrite or choose another --out."
-            )
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    _quiet_runtime(opts.verbose)
+        _check_resumable(target)
+    else:
+        check_run_target(target, overwrite=opts.overwrite)
+    vocabulary = load_taxonomy_tsv(opts.taxonomy) if opts.taxonomy else default_vocabulary()
     if run.privacy.no_dp:
         say(
             "WARNING: --no-dp: releases carry NO noise; epsilon is infinite. Never use this with real users."
         )
-
     bundle = load_bundle(
         opts.dataset, clients=opts.clients, seed=run.seed, events_per_user=opts.events_per_user
     )
@@ -404,6 +399,37 @@ def _simulate(
         raise ConfigError(
             f"the dataset has {len(parts)} users; a run needs at least {run.min_clients}."
         )
+    staging = RunStaging(target, resume=opts.resume)
+    rounds_started: list[bool] = []
+    try:
+        metrics = _simulate_into(
+            staging.path, opts, vocabulary, bundle, parts, say, t0, on_reply, rounds_started
+        )
+    except BaseException as err:
+        # a replacement never lands half-done; a fresh run that reached its rounds stays for
+        # --resume (unless it failed with a plain error before them)
+        keep = bool(rounds_started) or not isinstance(err, Exception)
+        staging.abort(keep=keep)
+        raise
+    staging.commit()
+    return metrics
+
+
+def _simulate_into(
+    out: Path,
+    opts: SimulateOptions,
+    vocabulary: Vocabulary,
+    bundle: DatasetBundle,
+    parts: dict[str, list[Event]],
+    say: Callable[[str], None],
+    t0: float,
+    on_reply: Callable[[Any], None] | None,
+    rounds_started: list[bool],
+) -> dict[str, Any]:
+    run = opts.run
+    if opts.resume:
+        say(f"resuming {out}")
+    _quiet_runtime(opts.verbose)
     train, test = temporal_split(parts, opts.holdout)
     for idx, extra in opts.canaries.items():
         uid = list(train)[idx]
@@ -420,7 +446,6 @@ def _simulate(
     projection = PublicProjection(
         encoder.dim, run.clustering.projection_dim, run.clustering.projection_seed
     )
-    vocabulary = load_taxonomy_tsv(opts.taxonomy) if opts.taxonomy else default_vocabulary()
     texts = sorted(
         {e.text for e in events}
         | {e.text for e in held}
@@ -457,6 +482,7 @@ def _simulate(
     if not opts.resume:
         _write_config(out, opts, run, len(parts), vocabulary)
     t_fl = time.perf_counter()
+    rounds_started.append(True)
     _run_flower(run, labels, out, stores, opts, on_round, on_reply, bundle.items)
     fl_seconds = time.perf_counter() - t_fl
     return _finish(
@@ -529,13 +555,31 @@ def _rewrite_outputs_from_db(out: Path) -> None:
 
 def options_from_run_dir(run_dir: str | Path, **over: Any) -> SimulateOptions:
     """The options a run directory was written with (``config.json``), for resuming or
-    re-running it (e.g. the empirical audit)."""
+    re-running it (e.g. the empirical audit). A corrupt or foreign file is a
+    :class:`ConfigError` naming the file and the field."""
+    d = Path(run_dir)
+    path = d / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"{str(d)!r} has no config.json.")
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise ConfigError(f"{str(path)!r} is not a JSON run config: {err}.") from err
+    try:
+        if not isinstance(cfg, dict) or not isinstance(cfg.get("run"), dict):
+            raise ConfigError("it must be an object with a `run` object.")
+        return _options_from_config(cfg, d, over)
+    except ConfigError as err:
+        raise ConfigError(f"{str(path)!r}: {err}") from err
+    except KeyError as err:
+        raise ConfigError(f"{str(path)!r} lacks the field {err}.") from err
+    except (TypeError, ValueError, AttributeError) as err:
+        raise ConfigError(f"{str(path)!r} has a field of the wrong type or value: {err}.") from err
+
+
+def _options_from_config(cfg: dict[str, Any], d: Path, over: dict[str, Any]) -> SimulateOptions:
     from common.config import AdapterConfig, AnalyticsConfig, ClusteringConfig, PrivacyConfig
 
-    d = Path(run_dir)
-    if not (d / "config.json").is_file():
-        raise ConfigError(f"{str(d)!r} has no config.json.")
-    cfg = json.loads((d / "config.json").read_text(encoding="utf-8"))
     r = cfg["run"]
     run = RunConfig(
         **{

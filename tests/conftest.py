@@ -30,8 +30,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def movielens_dir() -> Path:
     d = SHARED / "data" / "movielens-small"
     if not (d / "ratings.csv").is_file():
-        pytest.fail(
-            f"MovieLens is expected at {d} (../shared/data); it is part of the project's CI."
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(
+                f"MovieLens is expected at {d} (../shared/data); it is part of the project's CI."
+            )
+        pytest.skip(
+            f"MovieLens is not at {d}: this checkout has no ../shared/data beside it "
+            "(CI=true makes its absence a failure)"
         )
     return d
 
