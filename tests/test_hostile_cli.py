@@ -733,3 +733,86 @@ _SWITCHES = {
     "--reaudit",
 }  # fmt: skip
 
+
+
+@pytest.mark.slow
+def test_recommend_on_an_empty_store_warns(tmp_path: Path) -> None:
+    """A store with no events: recommend still ranks (exit 0) but says on stderr that every
+    candidate scores alike, instead of printing zeros without a word."""
+    from common.hierarchy import Hierarchy, Node
+    from common.projection import DEFAULT_OUTPUT_DIM, DEFAULT_SEED, PublicProjection
+
+    proj = PublicProjection(384, DEFAULT_OUTPUT_DIM, DEFAULT_SEED)
+    rng = np.random.default_rng(0)
+    c = rng.normal(size=(3, DEFAULT_OUTPUT_DIM)).astype(np.float32)
+    c /= np.linalg.norm(c, axis=1, keepdims=True)
+    nodes = {
+        "n1": Node("n1", 2, "g1", (), c[0], 0.5, (("A > a", 1.0),)),
+        "n2": Node("n2", 2, "g1", (), c[1], 0.5, (("A > b", 1.0),)),
+        "g1": Node("g1", 1, "root", ("n1", "n2"), c[2], 1.0, (("A", 1.0),)),
+        "root": Node("root", 0, None, ("g1",), c[2], 1.0),
+    }
+    h = Hierarchy(
+        version=1, dim=DEFAULT_OUTPUT_DIM, projection_fingerprint=proj.fingerprint, nodes=nodes
+    )
+    h.save(tmp_path / "hierarchy.json")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    db = tmp_path / "s.db"
+    assert main(["ingest", "--store", str(db), str(empty), "-q"]) == 0
+    cands = tmp_path / "c.txt"
+    cands.write_text("a film about space\na cookbook\n", encoding="utf-8")
+    with pytest.MonkeyPatch.context() as mp:
+        code, stdout, stderr = run_cli(
+            ["recommend", "--store", str(db), "--hierarchy", str(tmp_path / "hierarchy.json"),
+             "--candidates", str(cands)],
+            None, tmp_path, mp,
+        )  # fmt: skip
+    assert code == 0 and "holds no events" in stderr and "warning" in stderr
+    assert len(stdout.strip().splitlines()) == 2
+
+
+def markdown_table() -> str:
+    """The table in docs/robustness.md: every case, its exit code and the message it gives
+    (``python -m tests.test_hostile_cli``; WS is the workspace of hostile files, OUT a fresh
+    output directory)."""
+    import tempfile
+
+    rows = ["| case | command | exit | message (stderr) |", "|---|---|---|---|"]
+    with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as mp:
+        root = Path(tmp)
+
+        class _Factory:
+            def mktemp(self, name: str) -> Path:
+                p = root / name
+                p.mkdir()
+                return p
+
+        w = ws.__wrapped__(_Factory())  # type: ignore[attr-defined]
+        for case in CASES:
+            out = root / "out" / case.id
+            out.mkdir(parents=True)
+            argv = [_fill(a, w, out) for a in case.argv]
+            mp.chdir(w / "adir")
+            code, _o, err = run_cli(argv, case.stdin, out, mp)
+            lines = [ln for ln in err.splitlines() if ln.strip()]
+            msg = next((ln for ln in lines if "error" in ln), lines[-1] if lines else "")
+            if case.warns:
+                msg = " / ".join(ln for ln in lines if "warning" in ln) + " / " + msg
+            if code == 0:
+                msg = "(exit 0) " + (msg or "report on stdout")
+
+            def tidy(s: str, out: Path = out) -> str:
+                s = s.replace(str(out), "OUT").replace(str(w), "WS").replace("|", "\\|")
+                return s if len(s) <= 300 else s[:297] + "..."
+
+            shown = " ".join(a if " " not in a else repr(a) for a in case.argv)
+            cmd = tidy(shown.replace("{ws}", "WS").replace("{out}", "OUT"))
+            if case.stdin is not None:
+                cmd += " < (stdin)"
+            rows.append(f"| {case.id} | `{cmd}` | {code} | {tidy(msg)} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(markdown_table())

@@ -3,7 +3,10 @@ empirical attack and bound."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,7 @@ from common.privacy import LedgerEntry, Mechanism
 from common.records import ReleaseMode
 from server.storage import ServerStorage
 from simulations.audit import audit_device, audit_run
+from simulations.cli import main as cli_main
 from simulations.empirical_audit import _attack, one_run_lower_bound
 from simulations.simulate import SimulateOptions, simulate
 
@@ -71,14 +75,27 @@ def test_small_budget_device_stops_and_audit_is_clean(small_budget_run: Path) ->
         assert key in report["event_level"]
     assert {"epsilon", "per_output"} <= set(report["user_level"]) and report["delta"] == 1e-5
     assert set(report["per_round"]) == {"1", "2", "3"} and "gaussian_sum" in report["mechanisms"]
+    # the server's count of releases per round matches the ledgers (device 0 stops after 1)
+    cross = report["crosscheck"]
+    assert cross["device_stores"] == {
+        "expected": 6,
+        "found": 6,
+        "audited": 6,
+        "missing": [],
+        "unreadable": [],
+        "unexpected": [],
+    }
+    assert cross["rounds"]["1"] == {"leaf-sums": {"server": 6, "ledgers": 6}}
+    assert cross["rounds"]["3"] == {
+        "leaf-sums": {"server": 5, "ledgers": 5},
+        "item-counts": {"server": 5, "ledgers": 5},
+    }
 
 
 @pytest.mark.slow
 def test_audit_flags_tampering(small_budget_run: Path, tmp_path: Path) -> None:
     """A release stored without its ledger entry, a wrong noise multiplier, and an over-budget
     device are all flagged."""
-    import shutil
-
     copy = tmp_path / "run"
     shutil.copytree(small_budget_run, copy)
     store = copy / "clients" / "client-00002.db"
@@ -136,12 +153,15 @@ def test_attack_finds_canaries_without_noise_not_with(tmp_path: Path) -> None:
 def test_audit_of_a_run_dir_without_device_stores(small_budget_run: Path, tmp_path: Path) -> None:
     """A deployed run's directory holds no device stores: the audit states the server's
     announced event-level spend and the user-level ledger, and says so."""
-    import shutil
-
     d = tmp_path / "deployed"
     d.mkdir()
-    for name in ("config.json", "rounds.jsonl", "server.db", "hierarchy.json"):
+    for name in ("rounds.jsonl", "server.db", "hierarchy.json"):
         shutil.copy(small_budget_run / name, d / name)
+    # a deployed run's config.json (server.deploy.write_run_config): no `clients`
+    cfg = json.loads((small_budget_run / "config.json").read_text())
+    cfg = {k: v for k, v in cfg.items() if k not in ("clients", "events_per_user")}
+    cfg.update(dataset="deployment", engine="flower-deployment", expected_nodes=None)
+    (d / "config.json").write_text(json.dumps(cfg))
     full = (
         json.loads((small_budget_run / "audit.json").read_text())
         if (small_budget_run / "audit.json").is_file()
@@ -153,3 +173,120 @@ def test_audit_of_a_run_dir_without_device_stores(small_budget_run: Path, tmp_pa
     assert report["event_level"]["epsilon_max"] == pytest.approx(2.0, rel=0.01)
     assert report["user_level"]["epsilon"] == pytest.approx(full["user_level"]["epsilon"])
     assert report["guarantees"] and (d / "audit.json").is_file()
+    # nothing to cross-check against: the devices keep their ledgers
+    assert report["flags"] == [] and report["crosscheck"]["rounds"] == {}
+    assert cli_main(["audit", str(d), "--strict", "--quiet"]) == 0
+
+
+def _copy(run: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "run"
+    shutil.copytree(run, out)
+    return out
+
+
+def _digests(run: Path) -> dict[str, str]:
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted((run / "clients").glob("*.db"))
+    }
+
+
+@pytest.mark.slow
+def test_audit_crosschecks_deleted_ledger_entries_and_releases(
+    small_budget_run: Path, tmp_path: Path
+) -> None:
+    """A device's ledger rows and its stored release deleted together leave no trace a
+    device-only audit sees; the server's record of each round's releases does: the round is
+    flagged, the gap in the device's ledger numbers names the device, and `audit --strict`
+    exits 1. Covering the gap (the ledger's counter reset) still leaves the round flagged."""
+    run = _copy(small_budget_run, tmp_path)
+    with sqlite3.connect(run / "clients" / "client-00003.db") as con:
+        con.execute("DELETE FROM ledger WHERE server_round = 2")
+        con.execute("DELETE FROM state WHERE key LIKE 'release%:2:%'")
+    with sqlite3.connect(run / "clients" / "client-00004.db") as con:
+        # the last round's releases (leaf sums and item counts), then the counter
+        con.execute("DELETE FROM ledger WHERE server_round = 3")
+        con.execute("DELETE FROM state WHERE key LIKE 'release%:3:%'")
+        con.execute(
+            "UPDATE sqlite_sequence SET seq = (SELECT MAX(seq) FROM ledger) WHERE name = 'ledger'"
+        )
+    con.close()
+    before = _digests(run)
+    report = audit_run(run)
+    flags = report["flags"]
+    assert "round 2: server counted 5 releases, device ledgers hold 4" in flags
+    assert "round 3: server counted 5 releases, device ledgers hold 4" in flags
+    assert "round 3: server counted 5 item-counts releases, device ledgers hold 4" in flags
+    assert "client-00003: 1 ledger row deleted (number 2 of 1-4 missing)" in flags
+    assert not any(f.startswith("client-00004") for f in flags)
+    assert report["crosscheck"]["rounds"]["2"]["leaf-sums"] == {"server": 5, "ledgers": 4}
+    assert _digests(run) == before  # the audit reads the stores, never writes them
+    assert cli_main(["audit", str(run), "--strict", "--quiet"]) == 1
+    assert cli_main(["audit", str(run), "--quiet"]) == 0
+
+
+@pytest.mark.slow
+def test_audit_flags_a_missing_device_store(small_budget_run: Path, tmp_path: Path) -> None:
+    """A store removed from clients/ is flagged by name, and each round it took part in; the
+    others keep their own budgets (device 0's small budget is not handed to device 1)."""
+    run = _copy(small_budget_run, tmp_path)
+    assert cli_main(["audit", str(run), "--strict", "--quiet"]) == 0
+    (run / "clients" / "client-00000.db").unlink()
+    report = audit_run(run)
+    assert report["flags"] == [
+        "client-00000: device store clients/client-00000.db missing (the run had 6 devices)",
+        "round 1: server counted 6 releases, device ledgers hold 5 "
+        "(every device took part; no entry in client-00000)",
+    ]
+    assert report["crosscheck"]["device_stores"]["missing"] == ["client-00000"]
+    assert report["event_level"]["devices"] == 5 and report["event_level"]["over_budget"] == []
+    assert cli_main(["audit", str(run), "--strict", "--quiet"]) == 1
+
+
+@pytest.mark.slow
+def test_audit_flags_every_store_gone(small_budget_run: Path, tmp_path: Path) -> None:
+    """A simulated run whose clients/ is gone is not taken for a deployed run."""
+    run = _copy(small_budget_run, tmp_path)
+    shutil.rmtree(run / "clients")
+    report = audit_run(run)
+    assert report["source"] == "server announcements"
+    assert report["flags"][0] == (
+        "all 6 device stores missing (clients/client-00000.db to clients/client-00005.db)"
+    )
+    assert "round 1: server counted 6 releases, device ledgers hold 0" in report["flags"][1]
+    assert cli_main(["audit", str(run), "--strict", "--quiet"]) == 1
+
+
+@pytest.mark.slow
+def test_audit_flags_unreadable_and_foreign_stores(small_budget_run: Path, tmp_path: Path) -> None:
+    """A store that is not SQLite, another program's database, an empty file and a store the
+    run never had are flagged; the audit does not crash and audits the rest."""
+    run = _copy(small_budget_run, tmp_path)
+    clients = run / "clients"
+    (clients / "client-00001.db").write_bytes(b"not a database " * 200)
+    (clients / "client-00002.db").unlink()
+    with sqlite3.connect(clients / "client-00002.db") as con:
+        con.execute("CREATE TABLE notes (body TEXT)")
+    con.close()
+    (clients / "client-00003.db").write_bytes(b"")
+    shutil.copy(clients / "client-00004.db", clients / "client-00099.db")
+    report = audit_run(run)
+    flags = report["flags"]
+    assert any(
+        f.startswith("client-00001: store cannot be audited:") and "not a readable" in f
+        for f in flags
+    )
+    assert any(
+        f.startswith("client-00002: store cannot be audited:")
+        and "not a fedinterest store (no ledger, meta, state tables)" in f
+        for f in flags
+    )
+    assert any(f.startswith("client-00003: store cannot be audited:") for f in flags)
+    assert (
+        "client-00099: a device store the run did not have (config.json lists 6 devices)" in flags
+    )
+    assert "round 1: server counted 6 releases, device ledgers hold 3" in " | ".join(flags)
+    stores = report["crosscheck"]["device_stores"]
+    assert stores["unreadable"] == ["client-00001", "client-00002", "client-00003"]
+    assert stores["unexpected"] == ["client-00099"] and stores["audited"] == 4
+    assert cli_main(["audit", str(run), "--strict", "--quiet"]) == 1
