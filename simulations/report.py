@@ -18,6 +18,11 @@ Sources, all in the run directory: ``config.json``, ``metrics.json``, ``rounds.j
 ledgers in ``clients/*.db`` and ``server.db`` when missing or older than the run). The
 clustering metrics per version read the simulation's device stores (their events' ground-truth
 categories and cached embeddings): an evaluation-only view that a deployment does not have.
+
+Every file is read and checked (its type, and the type of each field the report uses) before
+anything is computed or written; a bad one is a :class:`common.errors.ConfigError` naming the
+file, the field and the value found. An output path that is a directory is refused up front,
+and the page is written through a temporary file that is removed whatever fails.
 """
 
 from __future__ import annotations
@@ -28,9 +33,12 @@ import gzip
 import html
 import json
 import math
+import os
+import re
 import time
+import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -86,12 +94,10 @@ def _num(v: Any) -> float | None:
     """A float from a metrics value (``json_safe`` writes non-finite floats as strings)."""
     if isinstance(v, bool) or v is None:
         return None
-    if isinstance(v, (int, float)):
-        return float(v)
-    if isinstance(v, str):
+    if isinstance(v, (int, float, str)):
         try:
             return float(v)
-        except ValueError:
+        except (OverflowError, ValueError):  # an int beyond float's range; a non-number
             return None
     return None
 
@@ -162,38 +168,441 @@ class RunData:
         return self.versions[-1] if self.versions else None
 
 
-def _read_json(path: Path) -> Any:
+# --------------------------------------------------------------------------------------------
+# reading the run's files: every value the report uses is checked where it is read; a problem
+# is one ConfigError naming the file, the field and the value found
+# --------------------------------------------------------------------------------------------
+
+_MAX_JSON_BYTES: Final = 512 << 20
+_RUN_FILES: Final = (
+    "config.json",
+    "metrics.json",
+    "rounds.jsonl",
+    "hierarchy.json",
+    "audit.json",
+    "server.db",
+    "labels.npz",
+)
+_SQLITE_MAGIC: Final = b"SQLite format 3\x00"
+_KIND_TEXT: Final = {
+    "number": "a number",
+    "integer": "an integer",
+    "string": "a string",
+    "boolean": "true or false",
+    "object": "a JSON object",
+    "list": "a JSON list",
+}
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """What a JSON value must be.
+
+    Attributes:
+        kind: ``any``, ``number`` (or a number as a string, as ``json_safe`` writes ``"inf"``),
+            ``integer``, ``string``, ``boolean``, ``object`` or ``list``.
+        fields: an object's known fields (the others are not checked).
+        each: the shape of every other field of an object, or of every item of a list.
+        required: fields an object must have.
+        nullable: ``null`` is accepted (an object's ``null`` field then counts as missing).
+        test: an extra condition, described by ``expected``.
+        int_keys: an object's keys must be integers (``"3"``).
+    """
+
+    kind: str
+    fields: Mapping[str, _Shape] | None = None
+    each: _Shape | None = None
+    required: tuple[str, ...] = ()
+    nullable: bool = True
+    test: Callable[[Any], bool] | None = None
+    expected: str = ""
+    int_keys: bool = False
+
+
+def _obj(
+    fields: Mapping[str, _Shape] | None = None,
+    *,
+    each: _Shape | None = None,
+    required: tuple[str, ...] = (),
+    nullable: bool = True,
+    int_keys: bool = False,
+) -> _Shape:
+    return _Shape("object", fields, each, required=required, nullable=nullable, int_keys=int_keys)
+
+
+def _list(each: _Shape | None = None) -> _Shape:
+    return _Shape("list", each=each)
+
+
+_ANY: Final = _Shape("any")
+_NUM: Final = _Shape("number")
+_INT: Final = _Shape("integer")
+_STR: Final = _Shape("string")
+_BOOL: Final = _Shape("boolean")
+_TEXT: Final = _Shape("string", nullable=False)
+_DELTA: Final = _Shape(
+    "number", nullable=False, test=lambda v: 0 < float(v) < 1, expected="a number in (0, 1)"
+)
+_ACCOUNTANT: Final = _Shape(
+    "string", nullable=False, test=lambda v: v in ("pld", "rdp"), expected="'pld' or 'rdp'"
+)
+_SCORES: Final = _obj(each=_NUM)
+
+_CONFIG: Final = _obj(
+    {
+        "dataset": _STR,
+        "clients": _INT,
+        "device_budget_epsilon": _NUM,
+        "device_budgets": _obj(each=_NUM, int_keys=True),
+        "run": _obj(
+            {
+                "rounds": _INT,
+                "privacy": _obj(
+                    {
+                        "epsilon": _NUM,
+                        "delta": replace(_DELTA, nullable=True),
+                        "accountant": replace(_ACCOUNTANT, nullable=True),
+                        "no_dp": _BOOL,
+                        "clipping_norm": _NUM,
+                        "max_weight": _NUM,
+                    }
+                ),
+                "clustering": _obj(
+                    {
+                        "projection_dim": _Shape(
+                            "integer", test=lambda v: v >= 2, expected="an integer >= 2"
+                        ),
+                        "projection_seed": _Shape(
+                            "integer", test=lambda v: v >= 0, expected="an integer >= 0"
+                        ),
+                    }
+                ),
+                "adapter": _obj({"enabled": _BOOL, "server_user_epsilon": _NUM}),
+            }
+        ),
+    },
+    nullable=False,
+)
+
+_METRICS: Final = _obj(
+    {
+        "dataset": _STR,
+        "clients": _INT,
+        "events": _INT,
+        "catalogue_items": _INT,
+        "rounds": _INT,
+        "rounds_completed": _INT,
+        "epsilon_event_level_total": _NUM,
+        "noise_multiplier": _NUM,
+        "bytes_up_per_client_per_round": _NUM,
+        "bytes_down_per_client_per_round": _NUM,
+        "wall_seconds": _NUM,
+        "federated": _SCORES,
+        "centralized": _SCORES,
+        "catalogue": _SCORES,
+        "ratio": _SCORES,
+        "ranking": _obj(
+            {"popularity_prior": _ANY},
+            each=_obj({"recall10": _NUM, "ndcg10": _NUM, "auc": _NUM}),
+        ),
+        # profile -> level -> scores
+        "classification": _obj(each=_obj(each=_obj({"accuracy": _NUM, "macro_f1": _NUM}))),
+        "drift": _obj(
+            {
+                "federated": _obj(
+                    {
+                        "users": _NUM,
+                        "switched": _NUM,
+                        "never_switched": _NUM,
+                        "median_events": _NUM,
+                        "p90_events": _NUM,
+                    }
+                )
+            }
+        ),
+        "adapter": _obj(),
+        "timing": _obj(each=_NUM),
+    },
+    nullable=False,
+)
+
+_ROUND: Final = _obj(
+    {
+        "server_round": _Shape("integer", nullable=False),
+        "status": _ANY,
+        "usable": _INT,
+        "sampled": _INT,
+        "live_leaves": _INT,
+        "level1_nodes": _INT,
+        "epsilon_event_level": _NUM,
+        "noise_std": _NUM,
+        "bytes_up": _NUM,
+        "seconds": _NUM,
+    },
+    required=("server_round",),
+    nullable=False,
+)
+
+_EMPIRICAL: Final = _obj(
+    {
+        "canaries": _INT,
+        "guesses": _INT,
+        "correct": _INT,
+        "epsilon_lower_bound": _NUM,
+        "epsilon_accounted_of_run": _NUM,
+        "epsilon_accounted": _NUM,
+    }
+)
+
+_AUDIT: Final = _obj(
+    {
+        "delta": _DELTA,
+        "accountant": _ACCOUNTANT,
+        "event_level": _obj(
+            {
+                "devices": _INT,
+                "epsilon_min": _NUM,
+                "epsilon_median": _NUM,
+                "epsilon_max": _NUM,
+                "over_budget": _list(),
+                "per_device": _list(_obj({"epsilon": _NUM}, nullable=False)),
+            }
+        ),
+        "per_round": _obj(each=_obj({"epsilon_max": _NUM, "epsilon_median": _NUM}), int_keys=True),
+        "user_level": _obj({"epsilon": _NUM, "per_output": _obj(each=_NUM)}),
+        "mechanisms": _obj(
+            each=_obj({"entries": _INT, "epsilon_max": _NUM, "epsilon_median": _NUM})
+        ),
+        "flags": _list(_TEXT),
+        "guarantees": _list(_TEXT),
+        "empirical": _obj({"dp": _EMPIRICAL, "nodp": _EMPIRICAL}),
+    },
+    required=("delta", "accountant"),
+    nullable=False,
+)
+
+
+# what Hierarchy.from_dict converts without checking the type first
+_HIERARCHY: Final = _obj(
+    {
+        "created_at": _NUM,
+        "merged": _obj(each=_ANY),
+        "gone": _list(),
+        "nodes": _list(
+            _obj(
+                {"weight": _Shape("number", nullable=False), "labels": _list(_list(_ANY))},
+                nullable=False,
+            )
+        ),
+    },
+    nullable=False,
+)
+
+
+def _show(v: Any) -> str:
+    """A found value for a message: short, one line."""
+    if isinstance(v, bool) or v is None:
+        return json.dumps(v)  # as JSON spells them
+    if isinstance(v, dict):
+        text = f"a JSON object of {len(v)} field{'s' if len(v) != 1 else ''}" if v else "{}"
+    elif isinstance(v, list):
+        text = f"a JSON list of {len(v)} item{'s' if len(v) != 1 else ''}" if v else "[]"
+    elif isinstance(v, int) and not isinstance(v, bool) and abs(v) > 10**30:
+        text = f"an integer of {len(str(abs(v)))} digits"
+    else:
+        text = repr(v)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _is_number(v: Any) -> bool:
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, (int, float)):
+        try:
+            float(v)
+        except OverflowError:
+            return False
+        return True
+    return isinstance(v, str) and _num(v) is not None
+
+
+def _is_kind(kind: str, v: Any) -> bool:
+    if kind == "number":
+        return _is_number(v)
+    if kind == "integer":  # within int64, as every count and round number the report shows
+        return isinstance(v, int) and not isinstance(v, bool) and -(2**63) <= v < 2**63
+    types: dict[str, type] = {"string": str, "boolean": bool, "object": dict, "list": list}
+    return isinstance(v, types[kind])
+
+
+def _conform(v: Any, shape: _Shape, where: str, source: str) -> Any:
+    """``v`` checked against ``shape``; an object's ``null`` objects and lists are dropped
+    (the report reads them as missing). Raises ConfigError naming ``source`` and the field."""
+
+    def bad(expected: str) -> ConfigError:
+        name = f"`{where}`" if where else "the content"
+        return ConfigError(f"{source}: {name} must be {expected}. Found {_show(v)}.")
+
+    kind = shape.kind
+    if v is None:
+        if shape.nullable or kind == "any":
+            return None
+        raise bad(shape.expected or _KIND_TEXT[kind])
+    if kind == "any":
+        return v
+    if not _is_kind(kind, v) or (shape.test is not None and not shape.test(v)):
+        raise bad(shape.expected or _KIND_TEXT[kind])
+    if kind == "list" and shape.each is not None:
+        return [_conform(x, shape.each, f"{where}[{i}]", source) for i, x in enumerate(v)]
+    if kind != "object":
+        return v
+    out: dict[str, Any] = {}
+    for key, x in v.items():
+        at = f"{where}.{key}" if where else key
+        if shape.int_keys:
+            try:
+                int(key)
+            except ValueError:
+                raise ConfigError(
+                    f"{source}: the keys of `{where}` must be integers. Found {_show(key)}."
+                ) from None
+        sub = (shape.fields or {}).get(key, shape.each)
+        if sub is None:
+            out[key] = x
+            continue
+        y = _conform(x, sub, at, source)
+        if y is None and sub.kind in ("object", "list"):
+            continue
+        out[key] = y
+    for key in shape.required:
+        if key not in out:
+            at = f"{where}.{key}" if where else key
+            expected = (shape.fields or {}).get(key)
+            what = (expected.expected or _KIND_TEXT[expected.kind]) if expected else "present"
+            raise ConfigError(f"{source}: `{at}` must be {what}. Found nothing (no such field).")
+    return out
+
+
+def _check_file(path: Path) -> None:
+    """Refuses a source that exists but is not a regular file (a directory, a socket)."""
+    if path.exists() and not path.is_file():
+        what = "a directory" if path.is_dir() else "not a regular file"
+        raise ConfigError(f"{path} must be a file. Found {what}.")
+
+
+def _read_text(path: Path) -> str:
+    _check_file(path)
+    size = path.stat().st_size
+    if size > _MAX_JSON_BYTES:
+        raise ConfigError(f"{path} must be at most {_MAX_JSON_BYTES} bytes. Found {size}.")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as err:
-        raise ConfigError(f"{str(path)!r} is not valid JSON: {err}.") from None
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"{path} must be UTF-8 text. Found byte 0x{err.object[err.start]:02x} at offset "
+            f"{err.start}."
+        ) from None
+
+
+def _parse_json(text: str, source: str) -> Any:
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ConfigError(f"{source} must be JSON. Found nesting too deep to read.") from None
+    except json.JSONDecodeError as err:
+        rest = text[err.pos :].rstrip()
+        # the document stops inside its last value: a string never closed, a cut number or
+        # keyword, or nothing at all where a value or a closing bracket should follow
+        cut = (
+            not rest
+            or err.msg.startswith("Unterminated string")
+            or (len(rest) < 8 and re.fullmatch(r"[-+.0-9eEtrufalsn]+", rest) is not None)
+        )
+        found = (
+            "an empty file"
+            if not text.strip()
+            else "a truncated document"
+            if cut
+            else f"invalid JSON at line {err.lineno} column {err.colno} ({err.msg})"
+        )
+        raise ConfigError(f"{source} must be JSON. Found {found}.") from None
+
+
+def _read_json(path: Path, shape: _Shape) -> Any:
+    """``path``'s JSON, checked against ``shape``."""
+    return _conform(_parse_json(_read_text(path), str(path)), shape, "", str(path))
 
 
 def _read_rounds(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
+    if not path.exists():
         return []
     out = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for i, line in enumerate(_read_text(path).splitlines(), 1):
         if line.strip():
-            try:
-                out.append(json.loads(line))
-            except ValueError as err:
-                raise ConfigError(f"{str(path)!r} line {i} is not valid JSON: {err}.") from None
+            source = f"{path} line {i}"
+            rec: dict[str, Any] = _conform(_parse_json(line, source), _ROUND, "", source)
+            out.append(rec)
     return out
+
+
+def _check_versions(versions: Sequence[Hierarchy], source: str) -> None:
+    """What the tree drawing needs beyond :meth:`Hierarchy.from_dict`'s checks."""
+    for h in versions:
+        for n in h.nodes.values():
+            if not (math.isfinite(n.weight) and 0.0 <= n.weight <= 1.0e6):
+                raise ConfigError(
+                    f"{source}: `weight` of node {n.node_id!r} (version {h.version}) must be a "
+                    f"finite number >= 0. Found {_show(n.weight)}."
+                )
+
+
+def _read_hierarchy(path: Path) -> Hierarchy:
+    source = str(path)
+    d = _parse_json(_read_text(path), source)
+    d = _conform(d, _HIERARCHY, "", source)
+    try:
+        h = Hierarchy.from_dict(d)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
+    except (AttributeError, OverflowError, TypeError, ValueError) as err:
+        raise ConfigError(
+            f"{source} must be a hierarchy as the server writes it. Found a malformed value "
+            f"({type(err).__name__}: {err})."
+        ) from None
+    _check_versions([h], source)
+    return h
+
+
+def _check_sqlite(path: Path) -> None:
+    """A cheap look at a SQLite file before it is opened (opening an empty file would turn it
+    into a new database)."""
+    _check_file(path)
+    with open(path, "rb") as f:
+        head = f.read(len(_SQLITE_MAGIC))
+    if head != _SQLITE_MAGIC:
+        found = "an empty file" if not head else "another kind of file"
+        raise ConfigError(f"{path} must be a SQLite database. Found {found}.")
 
 
 def _read_versions(run_dir: Path) -> list[Hierarchy]:
     db = run_dir / "server.db"
-    if db.is_file():
+    if db.exists():
         from server.storage import ServerStorage
 
+        _check_sqlite(db)
         with ServerStorage(db) as st:
-            found = [st.version(v) for v in st.versions()]
+            found = []
+            for v in st.versions():
+                try:
+                    found.append(st.version(v))
+                except ConfigError as err:
+                    raise ConfigError(f"{db}: hierarchy version {v}: {err}") from None
         versions = [h for h in found if h is not None]
         if versions:
+            _check_versions(versions, str(db))
             return versions
-    if (run_dir / "hierarchy.json").is_file():
-        return [Hierarchy.load(run_dir / "hierarchy.json")]
+    if (run_dir / "hierarchy.json").exists():
+        return [_read_hierarchy(run_dir / "hierarchy.json")]
     return []
 
 
@@ -212,23 +621,41 @@ def _audit_is_stale(run_dir: Path) -> bool:
     return path.stat().st_mtime < newest
 
 
-def _load_audit(
-    run_dir: Path, *, reaudit: bool, say: Progress
-) -> tuple[dict[str, Any] | None, str]:
+def _read_audit(path: Path, *, can_recompute: bool) -> dict[str, Any]:
+    try:
+        audit: dict[str, Any] = _read_json(path, _AUDIT)
+    except ConfigError as err:
+        if not can_recompute:
+            raise
+        raise ConfigError(
+            f"{str(err).rstrip('.')}; `fedinterest report --reaudit` recomputes it from the "
+            "ledgers."
+        ) from None
+    return audit
+
+
+def _stored_audit(run_dir: Path, *, reaudit: bool) -> tuple[dict[str, Any] | None, str] | None:
+    """``audit.json``'s content, checked, when the report uses it as it is: ``(audit, source)``;
+    ``None`` when it is to be recomputed from the ledgers (see :func:`_recomputed_audit`)."""
     have_stores = (
         any((run_dir / "clients").glob("*.db")) if (run_dir / "clients").is_dir() else False
     )
+    path = run_dir / "audit.json"
     if not reaudit and not _audit_is_stale(run_dir):
-        return _read_json(run_dir / "audit.json"), "audit.json"
-    if not have_stores:
-        if (run_dir / "audit.json").is_file():
-            return _read_json(
-                run_dir / "audit.json"
-            ), "audit.json (no device stores to recompute it)"
-        return (
-            None,
-            "no audit.json and no device stores under clients/: event-level audit unavailable",
-        )
+        return _read_audit(path, can_recompute=have_stores), "audit.json"
+    if have_stores:
+        return None
+    if path.is_file():
+        return _read_audit(
+            path, can_recompute=False
+        ), "audit.json (no device stores to recompute it)"
+    return (
+        None,
+        "no audit.json and no device stores under clients/: event-level audit unavailable",
+    )
+
+
+def _recomputed_audit(run_dir: Path, say: Progress) -> tuple[dict[str, Any], str]:
     from simulations.audit import audit_run
 
     n = len(list((run_dir / "clients").glob("*.db")))
@@ -322,11 +749,13 @@ def _utility_per_version(
         return [], "the events carry no ground-truth categories: per-version metrics omitted"
     raw = np.stack(vectors).astype(np.float32)
     clustering = config.get("run", {}).get("clustering", {})
-    projection = PublicProjection(
-        raw.shape[1],
-        int(clustering.get("projection_dim", 128)),
-        int(clustering.get("projection_seed", 0)),
-    )
+    dim, seed = clustering.get("projection_dim"), clustering.get("projection_seed")
+    try:
+        projection = PublicProjection(
+            raw.shape[1], 128 if dim is None else int(dim), 0 if seed is None else int(seed)
+        )
+    except ConfigError as err:
+        raise ConfigError(f"{run_dir / 'config.json'}: `run.clustering`: {err}") from None
     adapters = _adapters(run_dir, [h.server_round for h in versions])
     out = []
     for h in versions:
@@ -351,10 +780,25 @@ def _utility_per_version(
 
 def _encoder_id(run_dir: Path) -> str | None:
     path = run_dir / "labels.npz"
-    if not path.is_file():
+    if not path.exists():
         return None
-    with np.load(path, allow_pickle=False) as z:
-        return str(z["encoder_id"]) if "encoder_id" in z.files else None
+    _check_file(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "encoder_id" not in z.files:
+                return None
+            value = z["encoder_id"]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise ConfigError(
+            f"{path} must be the label space numpy archive (.npz) the run wrote. Found an "
+            f"unreadable file ({type(err).__name__}: {str(err).split('. ')[0].rstrip('.')})."
+        ) from None
+    if value.ndim != 0 or value.dtype.kind not in "US":
+        raise ConfigError(
+            f"{path}: `encoder_id` must be one string. Found an array of {value.dtype} "
+            f"with shape {value.shape}."
+        )
+    return str(value)
 
 
 def _only_model_id(store: Any) -> str | None:
@@ -401,29 +845,51 @@ def load_run(
     """
     say = progress or (lambda _m: None)
     d = Path(run_dir)
-    if not d.is_dir():
+    # every file is read and checked before anything is computed or written
+    if not d.exists():
         raise ConfigError(f"run directory {str(d)!r} does not exist.")
-    if not (d / "config.json").is_file():
+    if not d.is_dir():
+        raise ConfigError(
+            f"run directory {str(d)!r} is a file; give the directory `fedinterest simulate "
+            "--out DIR` wrote."
+        )
+    for name in _RUN_FILES:
+        _check_file(d / name)
+    if (d / "clients").exists() and not (d / "clients").is_dir():
+        raise ConfigError(f"{d / 'clients'} must be a directory of device stores. Found a file.")
+    if not (d / "config.json").exists():
         raise ConfigError(
             f"{str(d)!r} is not a run directory (no config.json); make one with "
             "`fedinterest simulate --out DIR`."
         )
-    config = _read_json(d / "config.json")
-    metrics = _read_json(d / "metrics.json") if (d / "metrics.json").is_file() else None
+    config: dict[str, Any] = _read_json(d / "config.json", _CONFIG)
+    metrics: dict[str, Any] | None = (
+        _read_json(d / "metrics.json", _METRICS) if (d / "metrics.json").exists() else None
+    )
     rounds = _read_rounds(d / "rounds.jsonl")
     versions = _read_versions(d)
-    audit, source = _load_audit(d, reaudit=reaudit, say=say)
-    data = RunData(d, config, metrics, rounds, versions, audit, source)
-    priv = data.privacy
-    delta = float(audit["delta"]) if audit else float(priv.get("delta", 1e-5))
-    accountant = str(audit["accountant"]) if audit else str(priv.get("accountant", "pld"))
-    data.user_per_round = _user_level_per_round(d, delta, accountant)
+    if not versions:
+        raise ConfigError(
+            f"{d / 'hierarchy.json'} must exist (or server.db hold a hierarchy version). Found "
+            "neither: the run has no interest tree to report (it finished no round)."
+        )
+    stored = _stored_audit(d, reaudit=reaudit)
+    if utility:
+        _encoder_id(d)
+    # every file checked: the long steps (the audit writes audit.json)
+    data = RunData(d, config, metrics, rounds, versions, *(stored or (None, "")))
     if utility:
         data.utility, data.utility_note = _utility_per_version(
             d, config, versions, max_devices=utility_devices, say=say
         )
     else:
         data.utility_note = "not computed (--no-utility)"
+    if stored is None:
+        data.audit, data.audit_source = _recomputed_audit(d, say)
+    audit, priv = data.audit, data.privacy
+    delta = float(audit["delta"]) if audit else (_num(priv.get("delta")) or 1e-5)
+    accountant = str(audit["accountant"]) if audit else str(priv.get("accountant") or "pld")
+    data.user_per_round = _user_level_per_round(d, delta, accountant)
     return data
 
 
@@ -1556,12 +2022,42 @@ class ReportResult:
         }
 
 
+def _check_out(path: Path, flag: str | None = None) -> None:
+    """Refuses an output path that cannot become a file, before anything is computed.
+
+    Args:
+        path: the report file to write.
+        flag: the command-line flag that named it, for the message.
+    """
+    name = f"`{flag}` {str(path)!r}" if flag else repr(str(path))
+    if path.is_dir():
+        raise ConfigError(
+            f"{name} is a directory; give a file path such as {str(path / 'report.html')!r}."
+        )
+    if path.exists() and not path.is_file():
+        raise ConfigError(f"{name} must be a regular file path. Found something else there.")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{name}: {str(parent)!r} must be a directory. Found a file.")
+            break
+
+
 def _atomic_write(path: Path, text: str) -> int:
+    """Writes ``text`` to a temporary file beside ``path`` and renames it over ``path``; on
+    any failure the temporary file is removed and ``path`` is left as it was."""
+    _check_out(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
     data = text.encode("utf-8")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    # a hidden name of this process's own (the umask applies, as to the report itself)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return len(data)
 
 
@@ -1586,6 +2082,8 @@ def write_report(
     t0 = time.perf_counter()
     say = progress or (lambda _m: None)
     _plotly_js(compress)  # fail early, before the audit, when plotly is missing
+    if out is not None:
+        _check_out(Path(out), "--out")
     data = load_run(
         run_dir, reaudit=reaudit, utility=utility, utility_devices=utility_devices, progress=say
     )

@@ -9,7 +9,11 @@ federated utility against epsilon with the centralized (non-private) baseline as
 ``sweep.json`` keys (stable): ``format``, ``epsilons``, ``settings``, ``runs`` (per epsilon:
 ``epsilon``, ``run_dir``, ``status`` ok/reused/failed, ``error``, ``seconds``,
 ``epsilon_spent``, ``federated``, ``centralized``, ``catalogue``, ``ratio``, ``ranking``),
-``reference`` (the baselines, mean over the runs), ``complete``.
+``reference`` (the baselines, mean over the runs), ``complete`` (true when every epsilon has a
+finished run: never with a failed run, nor with none).
+
+The dataset, taxonomy, embedding cache and ``--out`` are checked before anything is written: a
+bad one is a :class:`common.errors.ConfigError` naming the flag and the value.
 """
 
 from __future__ import annotations
@@ -134,7 +138,7 @@ def _run_settings(run_dir: Path) -> dict[str, Any] | None:
 
 def _summary(metrics: Mapping[str, Any]) -> dict[str, Any]:
     keep = ("federated", "centralized", "catalogue", "ratio", "ranking")
-    out = {k: metrics[k] for k in keep if k in metrics}
+    out = {k: metrics[k] for k in keep if isinstance(metrics.get(k), dict)}
     out["epsilon_spent"] = metrics.get("epsilon_event_level_total")
     out["rounds_completed"] = metrics.get("rounds_completed")
     out["noise_multiplier"] = metrics.get("noise_multiplier")
@@ -183,10 +187,99 @@ def _write_json(path: Path, doc: Mapping[str, Any]) -> None:
     from server.strategy import json_safe
 
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(
-        json.dumps(json_safe(dict(doc)), indent=1, sort_keys=True) + "\n", encoding="utf-8"
-    )
-    tmp.replace(path)
+    try:
+        tmp.write_text(
+            json.dumps(json_safe(dict(doc)), indent=1, sort_keys=True) + "\n", encoding="utf-8"
+        )
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _read_doc(path: Path) -> dict[str, Any] | None:
+    """A JSON object file, or ``None`` when it cannot be read as one."""
+    try:
+        doc = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, RecursionError, ValueError):  # ValueError: JSON and UTF-8 errors
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _check_dataset(spec: str) -> None:
+    """The cheap part of :func:`simulations.simulate.load_bundle`'s checks: the kind of
+    dataset and the files it names (their content is checked by each run)."""
+    kind, _, arg = spec.partition(":")
+    if kind == "synthetic":
+        return
+    if kind == "movielens":
+        from simulations.datasets.loaders import default_movielens_dir
+
+        d = Path(arg) if arg else default_movielens_dir()
+        needs: tuple[str, ...] = ("ratings.csv", "movies.csv")
+        form = "movielens[:DIR]"
+    elif kind == "mind":
+        d = Path(arg)
+        needs = ("news.tsv", "behaviors.tsv")
+        form = "mind:DIR"
+    elif kind == "events":
+        path = Path(arg)
+        if not arg or not path.is_file():
+            why = (
+                "no file name"
+                if not arg
+                else (f"{arg!r} is a directory" if path.is_dir() else f"no such file {arg!r}")
+            )
+            raise ConfigError(
+                f"`--dataset` events:FILE must name an events file. Found {spec!r} ({why})."
+            )
+        return
+    else:
+        raise ConfigError(
+            f"`--dataset` must be synthetic, movielens, mind:DIR or events:FILE. Found {spec!r}."
+        )
+    if kind == "mind" and not arg:
+        raise ConfigError(
+            f"`--dataset` {form} must name the directory with news.tsv and behaviors.tsv. "
+            f"Found {spec!r} (no directory)."
+        )
+    if not d.is_dir():
+        raise ConfigError(
+            f"`--dataset` {form} must name a directory with {' and '.join(needs)}. Found "
+            f"{spec!r} ({str(d)!r} is not a directory)."
+        )
+    missing = [n for n in needs if not (d / n).is_file()]
+    if missing:
+        raise ConfigError(
+            f"`--dataset` {form} must name a directory with {' and '.join(needs)}. Found "
+            f"{spec!r} ({str(d)!r} has no {' and no '.join(missing)})."
+        )
+
+
+def _check_inputs(opts: SweepOptions) -> None:
+    """Everything a run would refuse that can be checked cheaply, before anything is written:
+    the sweep directory, the dataset, the taxonomy and the embedding cache."""
+    out = Path(opts.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(
+            f"`--out` must be a directory for the sweep's runs. Found {str(out)!r}, a file."
+        )
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(
+                    f"`--out` {str(out)!r}: {str(parent)!r} must be a directory. Found a file."
+                )
+            break
+    base = opts.base
+    _check_dataset(str(base.dataset))
+    if base.taxonomy is not None:
+        from common.vocabulary import load_taxonomy_tsv
+
+        load_taxonomy_tsv(base.taxonomy)  # its errors name the file and the problem
+    if base.cache is not None and Path(base.cache).is_dir():
+        raise ConfigError(
+            f"`--cache` must be an embedding cache file. Found {str(base.cache)!r}, a directory."
+        )
 
 
 def run_sweep(
@@ -209,6 +302,8 @@ def run_sweep(
 
     say = progress or (lambda _m: None)
     out = Path(opts.out)
+    # every input is checked before anything is written
+    _check_inputs(opts)
     settings = _settings(opts.base)
     sweep_json = out / "sweep.json"
     if out.exists() and any(out.iterdir()) and not opts.overwrite:
@@ -216,7 +311,12 @@ def run_sweep(
             raise ConfigError(
                 f"{str(out)!r} is not empty and holds no sweep.json; pass --overwrite or choose another --out."
             )
-        old = json.loads(sweep_json.read_text(encoding="utf-8"))
+        old = _read_doc(sweep_json)
+        if old is None:
+            raise ConfigError(
+                f"{sweep_json} must be the JSON object a sweep wrote. Found an unreadable file; "
+                "pass --overwrite to replace the sweep, or choose another --out."
+            )
         if old.get("settings") != settings:
             raise ConfigError(
                 f"{str(out)!r} holds a sweep with other settings; pass --overwrite to replace its "
@@ -239,9 +339,9 @@ def run_sweep(
         record: dict[str, Any] = {"epsilon": eps, "run_dir": name, "error": None}
         t0 = time.perf_counter()
         reusable = not opts.overwrite and _run_settings(run_dir) == settings
-        if reusable and _same_epsilon(run_dir, eps):
-            metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
-            record.update(status="reused", **_summary(metrics))
+        finished = _read_doc(run_dir / "metrics.json") if reusable else None
+        if finished is not None and _same_epsilon(run_dir, eps):
+            record.update(status="reused", **_summary(finished))
             say(f"[{i}/{n}] epsilon {eps:g}: reusing the finished run in {run_dir}")
         else:
             say(
@@ -272,7 +372,10 @@ def run_sweep(
         doc["runs"].append(record)
         doc["reference"] = _reference(doc["runs"])
         _write_json(sweep_json, doc)
-    doc["complete"] = True
+    # complete: every epsilon has a finished run (never with a failed one, nor with none)
+    doc["complete"] = bool(doc["runs"]) and all(
+        r["status"] in ("ok", "reused") for r in doc["runs"]
+    )
     doc["seconds"] = round(time.perf_counter() - t_all, 1)
     _write_json(sweep_json, doc)
     write_sweep_report(doc, out / "report.html", compress=opts.compress)
@@ -280,8 +383,10 @@ def run_sweep(
 
 
 def _same_epsilon(run_dir: Path, eps: float) -> bool:
-    cfg = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-    got = cfg.get("run", {}).get("privacy", {}).get("epsilon")
+    cfg = _read_doc(run_dir / "config.json") or {}
+    run = cfg.get("run")
+    privacy = run.get("privacy") if isinstance(run, dict) else None
+    got = privacy.get("epsilon") if isinstance(privacy, dict) else None
     return isinstance(got, (int, float)) and math.isclose(float(got), eps, rel_tol=1e-12)
 
 

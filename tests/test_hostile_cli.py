@@ -151,6 +151,7 @@ def _json_error(_ws: Path, _out: Path, err: str) -> None:
     assert doc["error"]["exit_code"] in (1, 2) and doc["error"]["message"]
 
 
+# fmt: off
 CASES: list[Case] = [
     # ---- the command line itself ----------------------------------------------------------
     C("no-command", code=2, says=("required",)),
@@ -441,6 +442,7 @@ CASES: list[Case] = [
       "nonsense",
       says=("--dataset", "nonsense"), absent=("{out}/sw/sweep.json",)),
 ]
+# fmt: on
 
 
 def _fill(s: str, ws: Path, out: Path) -> str:
@@ -590,8 +592,9 @@ def test_duplicate_id_with_other_content_is_reported(ws: Path, tmp_path: Path) -
     assert src["duplicates"] == 1 and src["conflicts"] == 1 and doc["conflicts"] == 1
     assert src["conflict_examples"] == [{"line": 2, "event_id": "e1", "fields": ["text"]}]
     conn = sqlite3.connect(db)
-    assert conn.execute("SELECT text FROM events WHERE event_id = 'e1'").fetchone()[0] == (
-        GOOD_EVENTS[0]["text"]
+    assert (
+        conn.execute("SELECT text FROM events WHERE event_id = 'e1'").fetchone()[0]
+        == (GOOD_EVENTS[0]["text"])
     )
     conn.close()
 
@@ -637,28 +640,67 @@ def test_no_traceback_from_the_console_script(ws: Path, tmp_path: Path) -> None:
 #: simulation on valid data, the encoder on a valid store) are kept out: every file the
 #: command reads is the random one, so runs stay fast; the table above covers the valid paths.
 COMMANDS: dict[str, tuple[list[str], list[str]]] = {
-    "ingest": (["ingest", "--store", "{out}/s.db", "{rand}"],
-               ["--format", "--batch-size", "--strict", "--json", "-q", "--sqlite", "--query"]),
-    "ingest-sql": (["ingest", "--store", "{out}/s.db", "--sqlite", "{ws}/source.db", "--query",
-                    "{text}"], ["--batch-size", "--json"]),
+    "ingest": (
+        ["ingest", "--store", "{out}/s.db", "{rand}"],
+        ["--format", "--batch-size", "--strict", "--json", "-q", "--sqlite", "--query"],
+    ),
+    "ingest-sql": (
+        ["ingest", "--store", "{out}/s.db", "--sqlite", "{ws}/source.db", "--query", "{text}"],
+        ["--batch-size", "--json"],
+    ),
     "store-info": (["store", "info", "--store", "{rand}"], ["--users", "--json", "-q"]),
     "encode": (["encode", "--store", "{rand}"], ["--batch-size", "--threads", "--json"]),
-    "profile": (["profile", "--store", "{rand}"],
-                ["--hierarchy", "--adapter", "--population", "--top", "--projection-seed",
-                 "--min-population", "--json"]),
-    "recommend": (["recommend", "--store", "{ws}/store.db", "--candidates", "{rand}"],
-                  ["--popularity", "--adapter", "--top", "--hierarchy", "--json"]),
-    "simulate": (["simulate", "--out", "{out}/run", "--dataset", "events:{rand}"],
-                 ["--rounds", "--epsilon", "--delta", "--mode", "--fraction", "--seed",
-                  "--taxonomy", "--tree-z", "--dropout", "--robust", "--overwrite", "--no-dp",
-                  "--top-k", "--clients", "--min-cohort-fraction", "--json", "--resume"]),
-    "audit": (["audit", "{randdir}"],
-              ["--delta", "--accountant", "--strict", "--json", "--store", "--budget"]),
+    "profile": (
+        ["profile", "--store", "{rand}"],
+        [
+            "--hierarchy",
+            "--adapter",
+            "--population",
+            "--top",
+            "--projection-seed",
+            "--min-population",
+            "--json",
+        ],
+    ),
+    "recommend": (
+        ["recommend", "--store", "{ws}/store.db", "--candidates", "{rand}"],
+        ["--popularity", "--adapter", "--top", "--hierarchy", "--json"],
+    ),
+    "simulate": (
+        ["simulate", "--out", "{out}/run", "--dataset", "events:{rand}"],
+        [
+            "--rounds",
+            "--epsilon",
+            "--delta",
+            "--mode",
+            "--fraction",
+            "--seed",
+            "--taxonomy",
+            "--tree-z",
+            "--dropout",
+            "--robust",
+            "--overwrite",
+            "--no-dp",
+            "--top-k",
+            "--clients",
+            "--min-cohort-fraction",
+            "--json",
+            "--resume",
+        ],
+    ),
+    "audit": (
+        ["audit", "{randdir}"],
+        ["--delta", "--accountant", "--strict", "--json", "--store", "--budget"],
+    ),
     "report": (["report", "{randdir}"], ["--out", "--no-utility", "--json", "--reaudit"]),
-    "labels": (["labels", "--out", "{out}/l.npz", "--taxonomy", "{rand}"],
-               ["--dim", "--projection-seed", "--json"]),
-    "sweep": (["sweep", "--out", "{out}/sw", "--epsilons", "1", "--dataset", "events:{rand}"],
-              ["--epsilons", "--rounds", "--delta", "--mode", "--json", "--overwrite"]),
+    "labels": (
+        ["labels", "--out", "{out}/l.npz", "--taxonomy", "{rand}"],
+        ["--dim", "--projection-seed", "--json"],
+    ),
+    "sweep": (
+        ["sweep", "--out", "{out}/sw", "--epsilons", "1", "--dataset", "events:{rand}"],
+        ["--epsilons", "--rounds", "--delta", "--mode", "--json", "--overwrite"],
+    ),
 }
 HOSTILE_VALUES = st.one_of(
     st.sampled_from(
@@ -732,7 +774,6 @@ _SWITCHES = {
     "--strict", "--json", "-q", "--users", "--overwrite", "--no-dp", "--no-utility",
     "--reaudit",
 }  # fmt: skip
-
 
 
 @pytest.mark.slow
