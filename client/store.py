@@ -126,6 +126,25 @@ def _connect_read_only(path: Path, timeout: float) -> sqlite3.Connection:
     return conn
 
 
+def _check_cache_file(path: Path, timeout: float) -> None:
+    """An existing cache file must be a standalone cache or a device store (read-only check)."""
+    conn = _connect_read_only(path, timeout)
+    try:
+        tables = {
+            r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+    except sqlite3.DatabaseError as err:
+        raise StoreError(f"embedding cache {str(path)!r} is not a SQLite database: {err}.") from err
+    finally:
+        conn.close()
+    if tables and "embeddings" not in tables:
+        shown = ", ".join(sorted(tables)[:5])
+        raise StoreError(
+            f"embedding cache {str(path)!r} is another program's database (tables {shown}); "
+            "refusing to add a cache to it. Give a new file or an existing cache."
+        )
+
+
 def _store_schema_version(path: Path, timeout: float) -> int | None:
     """The schema version of an existing fedinterest store, ``None`` for an empty database
     (a file with no tables, e.g. 0 bytes); :class:`StoreError` for anything else (not SQLite,
@@ -176,6 +195,10 @@ class EmbeddingCache:
     def open(cls, path: str | Path, *, timeout: float = 30.0) -> EmbeddingCache:
         """Opens (creating if needed) a standalone cache file."""
         p = Path(path)
+        if p.is_dir():
+            raise StoreError(f"embedding cache {str(p)!r} is a directory, not a SQLite file.")
+        if p.exists() and p.stat().st_size > 0:
+            _check_cache_file(p, timeout)  # another program's database is never touched
         p.parent.mkdir(parents=True, exist_ok=True)
         conn = _connect(p, timeout)
         conn.executescript(_EMBEDDINGS_DDL)
