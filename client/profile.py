@@ -44,7 +44,6 @@ __all__ = [
     "device_profile",
     "js_divergence",
     "migrate",
-    "profile_from_store",
     "segments",
 ]
 
@@ -150,19 +149,14 @@ class DriftReport:
 
 def js_divergence(p: npt.NDArray[np.float64], q: npt.NDArray[np.float64]) -> float:
     """Jensen-Shannon divergence in bits (0 = equal, 1 = disjoint) of two mass vectors
-    (normalised here)."""
+    (normalised here): the square of scipy's Jensen-Shannon distance in base 2."""
+    from scipy.spatial.distance import jensenshannon
+
     p = np.asarray(p, dtype=np.float64)
     q = np.asarray(q, dtype=np.float64)
     if p.sum() <= 0 or q.sum() <= 0:
         return 0.0
-    p, q = p / p.sum(), q / q.sum()
-    m = (p + q) / 2
-
-    def kl(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) -> float:
-        nz = a > 0
-        return float((a[nz] * np.log2(a[nz] / b[nz])).sum())
-
-    return max(0.0, min(1.0, (kl(p, m) + kl(q, m)) / 2))
+    return max(0.0, min(1.0, float(jensenshannon(p, q, base=2.0)) ** 2))
 
 
 @dataclass
@@ -587,31 +581,6 @@ def _renorm_excluding(p: npt.NDArray[np.float64], i: int) -> npt.NDArray[np.floa
     q[i] = 0.0
     s = q.sum()
     return q / s if s > 0 else q
-
-
-def profile_from_store(
-    store: Any,
-    hierarchy: Hierarchy,
-    *,
-    encoder: Any,
-    adapter: AdapterWeights | None = None,
-    projection_seed: int | None = None,
-    config: ProfileConfig | None = None,
-) -> InterestProfile:
-    """Builds the profile of a device store's events (vectors from its embedding cache)."""
-    from client.encoder import encode_cached
-
-    prof = InterestProfile.for_hierarchy(
-        hierarchy,
-        encoder_dim=encoder.dim,
-        projection_seed=projection_seed,
-        adapter=adapter,
-        config=config,
-    )
-    events = store.events()
-    if events:
-        prof.add(events, encode_cached(encoder, store.embeddings, [e.text for e in events]))
-    return prof
 
 
 _STATE_PROFILE = "profile"

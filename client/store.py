@@ -130,9 +130,7 @@ def _check_cache_file(path: Path, timeout: float) -> None:
     """An existing cache file must be a standalone cache or a device store (read-only check)."""
     conn = _connect_read_only(path, timeout)
     try:
-        tables = {
-            r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-        }
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except sqlite3.DatabaseError as err:
         raise StoreError(f"embedding cache {str(path)!r} is not a SQLite database: {err}.") from err
     finally:

@@ -260,3 +260,19 @@ def test_scoring_weights_are_calibrated_on_the_device_history() -> None:
         )
     with pytest.raises(Exception, match="level_weight"):
         ProfileConfig(level_weight=-1.0)
+
+
+def _kl_bits(x: np.ndarray, y: np.ndarray) -> float:
+    return float(sum(xi * np.log2(xi / yi) for xi, yi in zip(x, y, strict=True) if xi > 0))
+
+
+def test_js_divergence_matches_the_definition() -> None:
+    """JS divergence in bits equals (KL(p||m) + KL(q||m)) / 2 computed by hand."""
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        p, q = rng.random(7), rng.random(7)
+        p[rng.random(7) < 0.3] = 0.0
+        a, b = p / p.sum(), q / q.sum()
+        m = (a + b) / 2
+        want = (_kl_bits(a, m) + _kl_bits(b, m)) / 2
+        assert js_divergence(p, q) == pytest.approx(want, abs=1e-12)
