@@ -4,7 +4,7 @@ Two handlers, one release (:func:`client.release.release_round`):
 
 - ``train`` (default name) with Flower's ``secaggplus_mod``: the SecAgg+ stages; the round
   config and centroids arrive in the legacy ``fitins.*`` layout and the release leaves in
-  ``fitres.*``, masked (:mod:`common.legacy_layout`);
+  ``fitres.*``, masked (:mod:`common.secagg_wire`);
 - ``train.interests``: local mode; the release leaves as the allow-listed records of
   :mod:`common.records`.
 
@@ -39,7 +39,7 @@ from client.release import (
 from client.store import EventStore
 from common.adapter import AdapterWeights
 from common.errors import BudgetExceededError, ConfigError
-from common.legacy_layout import compact_masked_vectors, read_fitins, to_fitres
+from common.secagg_wire import compact_masked_vectors, read_fitins, to_fitres
 from common.privacy import PrivacyBudget
 from common.records import (
     ADAPTER,
@@ -237,7 +237,7 @@ def _run_adapter(
 
 def _compact_upload_mod(msg: Message, context: Context, call_next: Any) -> Message:
     """Around ``secaggplus_mod``: the masked vector leaves as uint32 instead of int64 (the
-    same integers mod 2^32; half the upload, see :func:`common.legacy_layout.compact_masked_vectors`)."""
+    same integers mod 2^32; half the upload, see :func:`common.secagg_wire.compact_masked_vectors`)."""
     reply: Message = call_next(msg, context)
     if not reply.has_error():
         compact_masked_vectors(reply.content)
