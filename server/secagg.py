@@ -1,5 +1,5 @@
-"""Secure aggregation of releases with Flower's SecAgg+ (the one place that knows the legacy
-``fitins.*`` / ``fitres.*`` record layout, which SecAgg+ needs in flwr 1.42).
+"""Secure aggregation of releases with Flower's SecAgg+ (its legacy ``fitins.*`` /
+``fitres.*`` record layout, which SecAgg+ needs in flwr 1.42, is :mod:`common.secagg_wire`).
 
 :func:`secagg_sum` runs the four SecAgg+ stages over a cohort and returns only the cohort's
 **sum** of releases: the server never holds an individual release. Each device reports
