@@ -251,10 +251,16 @@ def round_step(
         adapter=adapter_record,
     )
     stepped = replace(state, adapter=adapter)
+    # the adapter's update is applied (and published with the next release) even when the
+    # tree round is skipped: its server-side noise goes on the ledger either way
+    adapter_entries = _adapter_ledger_entries(state, stepped, config, server_round)
     if releases.total is None or releases.usable < config.run.min_clients:
-        return stepped, RoundOutcome(
-            summary=replace(summary, status=RoundStatus.SKIPPED), cohort=request.nodes
+        skipped = RoundOutcome(
+            summary=replace(summary, status=RoundStatus.SKIPPED),
+            cohort=request.nodes,
+            adapter_entries=adapter_entries,
         )
+        return replace(stepped, ledger=state.ledger + skipped.ledger_entries), skipped
 
     noise_var = releases.usable * cfg.noise_std**2
     if cfg.mode is ReleaseMode.LOCAL:
@@ -292,7 +298,7 @@ def round_step(
             "usable": releases.usable,
         },
         release_entries=(cfg.user_ledger_entry(),),
-        adapter_entries=_adapter_ledger_entries(stepped, config, server_round),
+        adapter_entries=adapter_entries,
     )
     return replace(stepped, ledger=state.ledger + outcome.ledger_entries), outcome
 
@@ -329,12 +335,13 @@ def _adapter_transition(
 
 
 def _adapter_ledger_entries(
-    state: ServerState, config: ServerConfig, server_round: int
+    before: ServerState, after: ServerState, config: ServerConfig, server_round: int
 ) -> tuple[LedgerEntry, ...]:
-    """The server's user-level record of the adapter in a round whose update it applied:
-    DP-FedAvg's server-side Gaussian, or ``non_private`` without server noise (or with a
-    robust combination, to which DP-FedAvg's accounting does not apply)."""
-    if server_round not in state.adapter.rounds:
+    """The server's user-level record of the adapter when this step applied an update (one
+    per applied update, a retried round included): DP-FedAvg's server-side Gaussian, or
+    ``non_private`` without server noise (or with a robust combination, to which DP-FedAvg's
+    accounting does not apply)."""
+    if len(after.adapter.rounds) == len(before.adapter.rounds):
         return ()
     a = config.run.adapter
     if a.server_noise_multiplier > 0 and config.run.robust == "none":

@@ -312,3 +312,28 @@ def test_round_modules_import_no_flower_or_ray() -> None:
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
+
+
+def test_adapter_update_of_a_skipped_round_is_on_the_server_ledger() -> None:
+    """A skipped tree round still applies the adapter's update, so its server-side noise is
+    recorded; a retry records one entry per update it applies, none when none is usable."""
+    config = server_config(adapter=AdapterConfig(enabled=True, server_noise_multiplier=1.0))
+    state = initial_server_state(config)
+    req = release_request(state, config, 1, NODES)
+    w = state.adapter.weights
+    short = cohort_sum(req, np.random.default_rng(9), 2)
+    applied = AdapterUpdate(AdapterWeights(w.a, w.b + 0.001), 10)
+    state, out = round_step(state, CohortResult(req, short, applied), config)
+    assert out.summary.status is RoundStatus.SKIPPED and state.adapter.rounds == (1,)
+    assert [e.mechanism for e in out.ledger_entries] == [Mechanism.SERVER_GAUSSIAN]
+    assert state.ledger == out.ledger_entries
+    req = release_request(state, config, 1, NODES)
+    none_usable = AdapterUpdate(state.adapter.weights, 0, {"no reply before the timeout": 12})
+    state, out = round_step(
+        state,
+        CohortResult(req, cohort_sum(req, np.random.default_rng(10), 10), none_usable, 2),
+        config,
+    )
+    assert out.summary.status is RoundStatus.OK
+    assert [e.mechanism for e in out.ledger_entries] == [Mechanism.GAUSSIAN_SUM]
+    assert len([e for e in state.ledger if e.mechanism is Mechanism.SERVER_GAUSSIAN]) == 1
