@@ -33,9 +33,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from common.adapter import DPSGD_GROUP_SIZE, AdapterWeights, event_level_dpsgd
+from common.adapter import DPSGD_GROUP_SIZE, AdapterWeights
 from common.errors import ConfigError
-from common.privacy import LedgerEntry, Mechanism, Scope
+from common.privacy import LedgerEntry
+from common.round_config import dpsgd_ledger_entry
 
 __all__ = [
     "GROUP_SIZE",
@@ -99,23 +100,15 @@ class AdapterTrainParams:
 
 
 def adapter_ledger_entry(params: AdapterTrainParams, server_round: int | None) -> LedgerEntry:
-    """The event-level ledger record of one round of DP-SGD (group privacy, see the module)."""
-    k = GROUP_SIZE
-    z_event, q_event = event_level_dpsgd(params.noise_multiplier, params.sample_rate)
-    return LedgerEntry(
-        mechanism=Mechanism.DPSGD,
-        noise_multiplier=z_event,
-        sensitivity=k * params.max_grad_norm,
-        sample_rate=q_event,
+    """The event-level ledger record of one round of DP-SGD (group privacy, see the module);
+    defined once, for the device and the server, in
+    :func:`common.round_config.dpsgd_ledger_entry`."""
+    return dpsgd_ledger_entry(
+        noise_multiplier=params.noise_multiplier,
+        sample_rate=params.sample_rate,
+        max_grad_norm=params.max_grad_norm,
         steps=params.steps,
         server_round=server_round,
-        scope=Scope.EVENT,
-        details={
-            "per_example_noise_multiplier": params.noise_multiplier,
-            "per_example_sample_rate": params.sample_rate,
-            "group_size": k,
-            "max_grad_norm": params.max_grad_norm,
-        },
     )
 
 

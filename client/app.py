@@ -4,7 +4,7 @@ Two handlers, one release (:func:`client.release.release_round`):
 
 - ``train`` (default name) with Flower's ``secaggplus_mod``: the SecAgg+ stages; the round
   config and centroids arrive in the legacy ``fitins.*`` layout and the release leaves in
-  ``fitres.*``, masked (:mod:`common.legacy_layout`);
+  ``fitres.*``, masked (:mod:`common.secagg_wire`);
 - ``train.interests``: local mode; the release leaves as the allow-listed records of
   :mod:`common.records`.
 
@@ -30,16 +30,13 @@ from flwr.clientapp import ClientApp
 from client.encoder import EncoderConfig, MiniLMEncoder, TextEncoder
 from client.release import (
     ReleaseOutcome,
-    ReleaseParams,
-    ReleaseRefusedError,
     count_release,
     histogram_release,
     release_round,
 )
 from client.store import EventStore
 from common.adapter import AdapterWeights
-from common.errors import BudgetExceededError, ConfigError
-from common.legacy_layout import compact_masked_vectors, read_fitins, to_fitres
+from common.errors import BudgetExceededError, ConfigError, ReleaseRefusedError
 from common.privacy import PrivacyBudget
 from common.records import (
     ADAPTER,
@@ -64,6 +61,8 @@ from common.records import (
     RoundKeys,
     decode_ids,
 )
+from common.round_config import RoundConfig
+from common.secagg_wire import compact_masked_vectors, read_fitins, to_fitres
 
 __all__ = [
     "ADAPTER_STATE_KEY",
@@ -140,68 +139,102 @@ def _rng_seed(settings: DeviceSettings, salt: int) -> int | None:
     return None if settings.noise_seed is None else settings.noise_seed * 1009 + salt
 
 
-def _run_release(
-    settings: DeviceSettings,
-    cfg: dict[str, Any],
-    centroids: np.ndarray,
-    adapter: AdapterWeights | None,
-) -> ReleaseOutcome:
-    params = ReleaseParams.from_config(cfg, allow_no_dp=settings.allow_no_dp)
-    budget = _budget(settings, params.delta)
-    seed = _rng_seed(settings, params.server_round)
-    rng = np.random.default_rng(seed) if seed is not None else np.random.default_rng()
+def _open_store(settings: DeviceSettings) -> EventStore:
     if not settings.store.exists():
         raise ConfigError(f"device store {str(settings.store)!r} does not exist.")
-    with EventStore(settings.store, create=False) as store:
+    return EventStore(settings.store, create=False)
+
+
+def _public_adapter(adapter: AdapterWeights | None) -> AdapterWeights | None:
+    return None if adapter is None or adapter.is_identity() else adapter
+
+
+def _release_leaf_sums(
+    settings: DeviceSettings,
+    params: RoundConfig,
+    first: np.ndarray,
+    adapter: AdapterWeights | None,
+) -> ReleaseOutcome:
+    seed = _rng_seed(settings, params.server_round)
+    rng = np.random.default_rng(seed) if seed is not None else np.random.default_rng()
+    with _open_store(settings) as store:
         if adapter is not None:
             # the device keeps the latest public adapter for its profile between rounds
             store.set_state(ADAPTER_STATE_KEY, _pack(adapter))
         return release_round(
             store,
             params,
-            centroids,
+            first,
             encoder=_encoder(settings.model_dir),
-            budget=budget,
+            budget=_budget(settings, params.delta),
             rng=rng,
-            adapter=None if adapter is None or adapter.is_identity() else adapter,
+            adapter=_public_adapter(adapter),
         )
+
+
+def _aux_rng(settings: DeviceSettings, params: RoundConfig) -> np.random.Generator:
+    seed = _rng_seed(settings, 7919 * params.server_round + len(params.task.value))
+    return np.random.default_rng(seed) if seed is not None else np.random.default_rng()
+
+
+def _release_item_counts(
+    settings: DeviceSettings,
+    params: RoundConfig,
+    first: np.ndarray,
+    adapter: AdapterWeights | None,
+) -> ReleaseOutcome:
+    rng = _aux_rng(settings, params)
+    with _open_store(settings) as store:
+        try:
+            catalogue = decode_ids(first)
+        except (UnicodeDecodeError, ValueError) as err:
+            raise ReleaseRefusedError(
+                f"the catalogue array is not UTF-8 item ids: {err}."
+            ) from None
+        if not catalogue:
+            raise ReleaseRefusedError("an item-count round needs the catalogue's item ids.")
+        return count_release(
+            store, params, catalogue, budget=_budget(settings, params.delta), rng=rng
+        )
+
+
+def _release_histogram(
+    settings: DeviceSettings,
+    params: RoundConfig,
+    first: np.ndarray,
+    adapter: AdapterWeights | None,
+) -> ReleaseOutcome:
+    rng = _aux_rng(settings, params)
+    with _open_store(settings) as store:
+        return histogram_release(
+            store,
+            params,
+            first,
+            top_k=params.top_k if params.top_k is not None else 1,
+            encoder=_encoder(settings.model_dir),
+            budget=_budget(settings, params.delta),
+            rng=rng,
+            adapter=_public_adapter(adapter),
+        )
+
+
+_RELEASES: dict[
+    ReleaseTask,
+    Callable[[DeviceSettings, RoundConfig, np.ndarray, AdapterWeights | None], ReleaseOutcome],
+] = {
+    ReleaseTask.LEAF_SUMS: _release_leaf_sums,
+    ReleaseTask.ITEM_COUNTS: _release_item_counts,
+    ReleaseTask.HISTOGRAM: _release_histogram,
+}
 
 
 def _dispatch(
     settings: DeviceSettings, cfg: dict[str, Any], first: np.ndarray, adapter: AdapterWeights | None
 ) -> ReleaseOutcome:
-    """Runs the release the round's ``task`` asks for (leaf sums, item counts, histogram)."""
-    task = cfg.get(RoundKeys.TASK, ReleaseTask.LEAF_SUMS.value)
-    if task == ReleaseTask.LEAF_SUMS.value:
-        return _run_release(settings, cfg, first, adapter)
-    params = ReleaseParams.from_config(cfg, allow_no_dp=settings.allow_no_dp)
-    budget = _budget(settings, params.delta)
-    seed = _rng_seed(settings, 7919 * params.server_round + len(task))
-    rng = np.random.default_rng(seed) if seed is not None else np.random.default_rng()
-    if not settings.store.exists():
-        raise ConfigError(f"device store {str(settings.store)!r} does not exist.")
-    with EventStore(settings.store, create=False) as store:
-        if params.task is ReleaseTask.ITEM_COUNTS:
-            try:
-                catalogue = decode_ids(first)
-            except (UnicodeDecodeError, ValueError) as err:
-                raise ReleaseRefusedError(
-                    f"the catalogue array is not UTF-8 item ids: {err}."
-                ) from None
-            if not catalogue:
-                raise ReleaseRefusedError("an item-count round needs the catalogue's item ids.")
-            return count_release(store, params, catalogue, budget=budget, rng=rng)
-        top_k = cfg.get(RoundKeys.TOP_K, 1)
-        return histogram_release(
-            store,
-            params,
-            first,
-            top_k=int(top_k) if isinstance(top_k, int) else 1,
-            encoder=_encoder(settings.model_dir),
-            budget=budget,
-            rng=rng,
-            adapter=None if adapter is None or adapter.is_identity() else adapter,
-        )
+    """Parses the round config (refusing, fail closed, what it cannot parse or check) and runs
+    the release its ``task`` asks for (leaf sums, item counts, histogram)."""
+    params = RoundConfig.from_record(cfg, allow_no_dp=settings.allow_no_dp)
+    return _RELEASES[params.task](settings, params, first, adapter)
 
 
 def _pack(w: AdapterWeights) -> bytes:
@@ -219,9 +252,7 @@ def _run_adapter(
 
     params = params_from_config(cfg, allow_no_dp=settings.allow_no_dp)
     delta = float(cfg.get(AdapterKeys.DELTA, 1e-5))
-    if not settings.store.exists():
-        raise ConfigError(f"device store {str(settings.store)!r} does not exist.")
-    with EventStore(settings.store, create=False) as store:
+    with _open_store(settings) as store:
         new, _reused = adapter_round(
             store,
             params,
@@ -237,7 +268,7 @@ def _run_adapter(
 
 def _compact_upload_mod(msg: Message, context: Context, call_next: Any) -> Message:
     """Around ``secaggplus_mod``: the masked vector leaves as uint32 instead of int64 (the
-    same integers mod 2^32; half the upload, see :func:`common.legacy_layout.compact_masked_vectors`)."""
+    same integers mod 2^32; half the upload, see :func:`common.secagg_wire.compact_masked_vectors`)."""
     reply: Message = call_next(msg, context)
     if not reply.has_error():
         compact_masked_vectors(reply.content)
@@ -245,10 +276,17 @@ def _compact_upload_mod(msg: Message, context: Context, call_next: Any) -> Messa
 
 
 def _meta(status: ReplyStatus, cfg: dict[str, Any]) -> dict[str, Any]:
+    """The reply's metadata: the status and the round and version echoed back (-1 where the
+    config had no usable int: a refusal of a malformed config must not crash the handler)."""
+
+    def echo(key: str) -> int:
+        v = cfg.get(key, -1)
+        return v if isinstance(v, int) and not isinstance(v, bool) else -1
+
     return {
         ReplyKeys.STATUS: status.value,
-        ReplyKeys.SERVER_ROUND: int(cfg.get(RoundKeys.SERVER_ROUND, -1)),
-        ReplyKeys.HIERARCHY_VERSION: int(cfg.get(RoundKeys.HIERARCHY_VERSION, -1)),
+        ReplyKeys.SERVER_ROUND: echo(RoundKeys.SERVER_ROUND),
+        ReplyKeys.HIERARCHY_VERSION: echo(RoundKeys.HIERARCHY_VERSION),
     }
 
 
@@ -271,7 +309,9 @@ def build_client_app(
         return Message(to_fitres(outcome.sums, _meta(ReplyStatus.OK, cfg)), reply_to=msg)
 
     def _local(msg: Message, context: Context, array_key: str) -> Message:
-        cfg = dict(msg.content.config_records[ROUND_CONFIG])
+        # a message without the round config is parsed as an empty one: refused, not a crash
+        record = msg.content.config_records.get(ROUND_CONFIG)
+        cfg = dict(record) if record is not None else {}
         first = np.zeros(1, dtype=np.float32)
         if CENTROIDS in msg.content.array_records:
             first = msg.content.array_records[CENTROIDS][CENTROIDS].numpy()

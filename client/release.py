@@ -17,6 +17,9 @@ One round, on the device:
 6. Gaussian noise is added: the full ``z * Delta`` in local mode, the share
    ``z * Delta / sqrt(min_cohort)`` under secure aggregation.
 
+The round's parameters, their checks, the ledger entry and the noise share are defined once,
+for the server and the device, in :class:`common.round_config.RoundConfig`.
+
 Sensitivity (event level, add/remove one event): ``Delta = clipping_norm * max_weight`` in
 L2 over the whole ``(k + 1, d)`` release, because one event lands in exactly one row, with a
 vector of norm <= ``clipping_norm`` and a weight <= ``max_weight``; the partition comes from
@@ -32,9 +35,8 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -42,21 +44,19 @@ import numpy.typing as npt
 from client.encoder import TextEncoder, encode_cached
 from client.local_clustering import assign_public
 from client.store import EventStore
-from common.errors import ConfigError
+from common.errors import ReleaseRefusedError
 from common.events import Event
 from common.features import WeightingConfig, weights_for_events
 from common.privacy import (
-    LedgerEntry,
-    Mechanism,
     PrivacyBudget,
-    Scope,
     check_budget,
     clip_rows,
     clip_total,
     gaussian_noise,
 )
 from common.projection import PublicProjection
-from common.records import TASK_SENSITIVITY, ReleaseMode, ReleaseTask, RoundKeys
+from common.records import ReleaseTask
+from common.round_config import RoundConfig
 
 __all__ = [
     "RELEASE_WEIGHTING",
@@ -77,156 +77,10 @@ _STATE_RELEASE = "release:{round}:{version}"
 _STATE_AUX = "release-{task}:{round}:{version}"
 
 
-class ReleaseRefusedError(ConfigError):
-    """The round's parameters failed the device's checks; nothing was released."""
-
-
-@dataclass(frozen=True)
-class ReleaseParams:
-    """A round's release parameters as the device reads them from the server's config.
-
-    The device re-derives what it can and refuses (fails closed) on anything inconsistent:
-    a noise std below what ``noise_multiplier`` and the sensitivity require, a cohort
-    assumption under 2 in secagg mode, a projection whose fingerprint differs from its own.
-    """
-
-    server_round: int
-    hierarchy_version: int
-    mode: ReleaseMode
-    clipping_norm: float
-    max_weight: float
-    noise_multiplier: float
-    noise_std: float
-    min_cohort: int
-    user_clipping_norm: float
-    residual_threshold: float
-    projection_seed: int
-    projection_dim: int
-    projection_fingerprint: str
-    delta: float
-    task: ReleaseTask = ReleaseTask.LEAF_SUMS
-
-    @property
-    def sensitivity(self) -> float:
-        """Event-level L2 sensitivity of this task's release (see :data:`TASK_SENSITIVITY`)."""
-        if self.task is ReleaseTask.LEAF_SUMS:
-            return self.clipping_norm * self.max_weight
-        return TASK_SENSITIVITY[self.task]
-
-    @property
-    def required_noise_std(self) -> float:
-        full = self.noise_multiplier * self.sensitivity
-        return full if self.mode is ReleaseMode.LOCAL else full / math.sqrt(self.min_cohort)
-
-    @classmethod
-    def from_config(cls, cfg: Mapping[str, Any], *, allow_no_dp: bool = False) -> ReleaseParams:
-        """Parses the round config; raises :class:`ReleaseRefusedError` naming the key.
-
-        A round without noise (``noise-multiplier`` 0) is refused unless this device was
-        explicitly configured with ``allow_no_dp`` (simulation only).
-        """
-
-        def get(key: str, kind: type) -> Any:
-            if key not in cfg:
-                raise ReleaseRefusedError(f"round config is missing `{key}`.")
-            v: Any = cfg[key]
-            if kind is float and isinstance(v, int) and not isinstance(v, bool):
-                v = float(v)
-            if not isinstance(v, kind) or isinstance(v, bool):
-                raise ReleaseRefusedError(
-                    f"round config `{key}` must be {kind.__name__}. Found {v!r}."
-                )
-            if isinstance(v, float) and not math.isfinite(v):
-                raise ReleaseRefusedError(f"round config `{key}` must be finite. Found {v!r}.")
-            return v
-
-        try:
-            task = ReleaseTask(cfg.get(RoundKeys.TASK, ReleaseTask.LEAF_SUMS.value))
-        except ValueError:
-            raise ReleaseRefusedError(
-                f"round config `{RoundKeys.TASK}` must be one of {[t.value for t in ReleaseTask]}. "
-                f"Found {cfg.get(RoundKeys.TASK)!r}."
-            ) from None
-        try:
-            mode = ReleaseMode(get(RoundKeys.MODE, str))
-        except ValueError:
-            raise ReleaseRefusedError(
-                f"round config `{RoundKeys.MODE}` must be 'secagg' or 'local'. Found {cfg.get(RoundKeys.MODE)!r}."
-            ) from None
-        p = cls(
-            server_round=get(RoundKeys.SERVER_ROUND, int),
-            hierarchy_version=get(RoundKeys.HIERARCHY_VERSION, int),
-            mode=mode,
-            clipping_norm=get(RoundKeys.CLIPPING_NORM, float),
-            max_weight=get(RoundKeys.MAX_WEIGHT, float),
-            noise_multiplier=get(RoundKeys.NOISE_MULTIPLIER, float),
-            noise_std=get(RoundKeys.NOISE_STD, float),
-            min_cohort=get(RoundKeys.MIN_COHORT, int),
-            user_clipping_norm=get(RoundKeys.USER_CLIPPING_NORM, float),
-            residual_threshold=get(RoundKeys.RESIDUAL_THRESHOLD, float),
-            projection_seed=get(RoundKeys.PROJECTION_SEED, int),
-            projection_dim=get(RoundKeys.PROJECTION_DIM, int),
-            projection_fingerprint=get(RoundKeys.PROJECTION_FINGERPRINT, str),
-            delta=get(RoundKeys.DELTA, float),
-            task=task,
-        )
-        p.check(allow_no_dp=allow_no_dp)
-        return p
-
-    @property
-    def non_private(self) -> bool:
-        return self.noise_multiplier == 0
-
-    def check(self, *, allow_no_dp: bool = False) -> None:
-        """Fail-closed consistency checks (see the class docstring)."""
-        if self.non_private and not allow_no_dp:
-            raise ReleaseRefusedError(
-                "the round asks for a release without noise (noise-multiplier 0); this device "
-                "does not allow non-private releases. Refusing to release."
-            )
-        for name in ("clipping_norm", "max_weight", "user_clipping_norm"):
-            if not getattr(self, name) > 0:
-                raise ReleaseRefusedError(f"`{name}` must be > 0. Found {getattr(self, name)!r}.")
-        if self.noise_multiplier < 0:
-            raise ReleaseRefusedError(
-                f"`noise_multiplier` must be >= 0. Found {self.noise_multiplier!r}."
-            )
-        if self.server_round < 1:
-            raise ReleaseRefusedError(f"`server_round` must be >= 1. Found {self.server_round}.")
-        if not 0 < self.delta < 1:
-            raise ReleaseRefusedError(f"`delta` must be in (0, 1). Found {self.delta!r}.")
-        if self.mode is ReleaseMode.SECAGG and self.min_cohort < 2:
-            raise ReleaseRefusedError(
-                f"secagg mode needs `min_cohort` >= 2. Found {self.min_cohort}."
-            )
-        if self.noise_std < self.required_noise_std * (1 - 1e-9):
-            raise ReleaseRefusedError(
-                f"`noise_std` {self.noise_std:.6g} is below the {self.required_noise_std:.6g} that "
-                f"noise_multiplier {self.noise_multiplier:g} x sensitivity {self.sensitivity:g} requires "
-                f"in {self.mode.value} mode; refusing to release."
-            )
-
-    def ledger_entry(self) -> LedgerEntry:
-        kinds = {
-            ReleaseTask.LEAF_SUMS: Mechanism.GAUSSIAN_SUM,
-            ReleaseTask.ITEM_COUNTS: Mechanism.GAUSSIAN_COUNT,
-            ReleaseTask.HISTOGRAM: Mechanism.GAUSSIAN_HISTOGRAM,
-        }
-        return LedgerEntry(
-            mechanism=Mechanism.NON_PRIVATE if self.non_private else kinds[self.task],
-            noise_multiplier=self.noise_multiplier,
-            sensitivity=self.sensitivity,
-            server_round=self.server_round,
-            scope=Scope.EVENT,
-            details={
-                "task": self.task.value,
-                "mode": self.mode.value,
-                "min_cohort": self.min_cohort,
-                "noise_std": self.noise_std,
-                "hierarchy_version": self.hierarchy_version,
-                "user_clipping_norm": self.user_clipping_norm,
-            },
-        )
+#: The round's parameters as the device reads them: the shared, typed round config (parsed and
+#: checked, fail closed, by :meth:`~common.round_config.RoundConfig.from_record`). The name is
+#: kept for callers of this module.
+ReleaseParams = RoundConfig
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from common.errors import (
     FedInterestError,
     InvalidEventError,
     InvalidReleaseError,
+    ReleaseRefusedError,
     StoreError,
 )
 from common.events import CleaningConfig, Event, EventType, IngestReport, parse_event
@@ -23,6 +24,7 @@ __all__ = [
     "IngestReport",
     "InvalidEventError",
     "InvalidReleaseError",
+    "ReleaseRefusedError",
     "StoreError",
     "WeightingConfig",
     "event_weights",

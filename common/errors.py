@@ -13,6 +13,7 @@ __all__ = [
     "FedInterestError",
     "InvalidEventError",
     "InvalidReleaseError",
+    "ReleaseRefusedError",
     "StoreError",
 ]
 
@@ -73,3 +74,8 @@ class BudgetExceededError(FedInterestError):
 
 class InvalidReleaseError(FedInterestError, ValueError):
     """A client's reply failed the server's validation."""
+
+
+class ReleaseRefusedError(ConfigError):
+    """A device refused a round: its config could not be parsed or failed the device's checks
+    (fail closed); nothing was released. The device answers with the ``refused`` status."""

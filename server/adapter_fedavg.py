@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -39,25 +38,15 @@ from common.records import (
     ReplyStatus,
 )
 from server.aggregation import robust_mean
+from server.round_state import AdapterUpdate
 
 __all__ = [
-    "AdapterStepResult",
     "adapter_config_record",
     "run_adapter_step",
     "validate_adapter_reply",
 ]
 
 log = logging.getLogger("fedinterest.server")
-
-
-@dataclass
-class AdapterStepResult:
-    """The averaged adapter and what happened."""
-
-    weights: AdapterWeights
-    usable: int
-    failures: Counter[str]
-    statuses: Counter[str]
 
 
 def adapter_config_record(
@@ -139,7 +128,7 @@ def run_adapter_step(
     timeout: float | None = None,
     robust: str = "none",
     trim: float = 0.1,
-) -> AdapterStepResult:
+) -> AdapterUpdate:
     """Sends the adapter to the devices, collects their DP-SGD updates and averages them.
 
     With ``robust`` = ``trimmed`` or ``median`` the updates are clipped to the server's norm
@@ -183,7 +172,7 @@ def run_adapter_step(
     if missing:
         failures["no reply before the timeout"] += missing
     if not usable:
-        return AdapterStepResult(weights, 0, failures, statuses)
+        return AdapterUpdate(weights, 0, dict(failures), dict(statuses))
     # Flower's FedAvg wants exactly one ArrayRecord and one MetricRecord per reply: hand it
     # copies without our metadata (the received messages stay untouched for observers)
     usable = [
@@ -216,7 +205,7 @@ def run_adapter_step(
             (weights.a + delta_vec[:na].reshape(weights.a.shape)).astype(np.float32),
             (weights.b + delta_vec[na:].reshape(weights.b.shape)).astype(np.float32),
         )
-        return AdapterStepResult(new, len(usable), failures, statuses)
+        return AdapterUpdate(new, len(usable), dict(failures), dict(statuses))
     current = ArrayRecord({ADAPTER_A: Array(weights.a), ADAPTER_B: Array(weights.b)})
     fedavg = FedAvg(
         weighted_by_key=ADAPTER_WEIGHT_KEY,
@@ -236,8 +225,8 @@ def run_adapter_step(
         arrays, _ = fedavg.aggregate_train(server_round, usable)
     if arrays is None:
         failures["aggregation refused the replies"] += 1
-        return AdapterStepResult(weights, 0, failures, statuses)
+        return AdapterUpdate(weights, 0, dict(failures), dict(statuses))
     new = AdapterWeights(
         arrays[ADAPTER_A].numpy().astype(np.float32), arrays[ADAPTER_B].numpy().astype(np.float32)
     )
-    return AdapterStepResult(new, len(usable), failures, statuses)
+    return AdapterUpdate(new, len(usable), dict(failures), dict(statuses))

@@ -22,8 +22,9 @@ from flwr.serverapp import Grid, ServerApp
 from common.config import RunConfig
 from common.errors import ConfigError
 from common.vocabulary import LabelSpace
+from server.round import RoundSummary, ServerConfig
+from server.round_loop import RoundLoop
 from server.storage import ServerStorage
-from server.strategy import InterestServer, RoundSummary
 
 __all__ = ["EXPECTED_NODES_KEY", "LABELS_FILE_KEY", "RUN_DIR_KEY", "app", "build_server_app"]
 
@@ -44,21 +45,21 @@ def build_server_app(
     on_reply: Callable[[Any], None] | None = None,
     catalogue: list[str] | None = None,
 ) -> ServerApp:
-    """A ServerApp running :class:`InterestServer` with the given settings (simulation)."""
+    """A ServerApp running the rounds (:class:`server.round_loop.RoundLoop`) with the given
+    settings (simulation)."""
     server = ServerApp()
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
+        config = ServerConfig.build(run, labels, catalogue)
         with ServerStorage(Path(run_dir) / "server.db") as storage:
-            summaries = InterestServer(
-                run,
-                labels,
+            summaries = RoundLoop(
+                config,
                 storage,
                 run_dir=run_dir,
                 expected_nodes=expected_nodes,
                 on_round=on_round,
                 on_reply=on_reply,
-                catalogue=catalogue,
             ).run(grid, context)
         if on_done is not None:
             on_done(summaries)
@@ -98,9 +99,10 @@ def _deployed_main(grid: Grid, context: Context) -> None:
         flower_run_id=grid.run.run_id,
     )
     labels.save(run_dir / "labels.npz")
+    config = ServerConfig.build(run, labels)
     with ServerStorage(run_dir / "server.db") as storage:
-        InterestServer(
-            run, labels, storage, run_dir=run_dir, expected_nodes=expected, on_round=_log_round
+        RoundLoop(
+            config, storage, run_dir=run_dir, expected_nodes=expected, on_round=_log_round
         ).run(grid, context)
         write_run_metrics(run_dir, run, storage.rounds())
 

@@ -1,5 +1,5 @@
-"""Secure aggregation of releases with Flower's SecAgg+ (the one place that knows the legacy
-``fitins.*`` / ``fitres.*`` record layout, which SecAgg+ needs in flwr 1.42).
+"""Secure aggregation of releases with Flower's SecAgg+ (its legacy ``fitins.*`` /
+``fitres.*`` record layout, which SecAgg+ needs in flwr 1.42, is :mod:`common.secagg_wire`).
 
 :func:`secagg_sum` runs the four SecAgg+ stages over a cohort and returns only the cohort's
 **sum** of releases: the server never holds an individual release. Each device reports
@@ -44,7 +44,7 @@ from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 from flwr.serverapp import Grid
 
-from common.legacy_layout import fitins_for_devices, read_fitres_metadata, widen_masked_vectors
+from common.secagg_wire import fitins_for_devices, read_fitres_metadata, widen_masked_vectors
 
 __all__ = [
     "DEFAULT_NUM_SHARES",
@@ -136,7 +136,7 @@ class _CollectStrategy(Strategy):
 
 class _WideningGrid(Grid):
     """Passes everything to ``inner``; masked vectors that arrive as uint32 (the devices'
-    compact upload, :func:`common.legacy_layout.compact_masked_vectors`) are widened back to the
+    compact upload, :func:`common.secagg_wire.compact_masked_vectors`) are widened back to the
     int64 arrays Flower's workflow sums. Bytes are metered by ``inner``, at their wire size."""
 
     def __init__(self, inner: Grid) -> None:

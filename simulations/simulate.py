@@ -41,11 +41,12 @@ from common.errors import ConfigError
 from common.events import Event, EventType, iter_records
 from common.features import weights_for_events
 from common.hierarchy import Hierarchy
+from common.jsonio import json_safe
 from common.privacy import gaussian_epsilon
 from common.projection import PublicProjection
 from common.vocabulary import LabelSpace, Vocabulary, default_vocabulary, load_taxonomy_tsv
 from server.hierarchy_builder import CutCriterion, TreeConfig
-from server.strategy import RoundSummary, json_safe
+from server.round import RoundSummary
 from simulations.datasets.loaders import load_events, load_mind, load_movielens, partition_by_user
 from simulations.evaluation import (
     METRIC_KEYS,

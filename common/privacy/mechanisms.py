@@ -80,8 +80,17 @@ def gaussian_noise(
 
 def secagg_share_std(*, noise_multiplier: float, sensitivity: float, min_cohort: int) -> float:
     """Per-device noise std under secure aggregation: ``z * Delta / sqrt(min_cohort)``, so that
-    a sum over at least ``min_cohort`` devices carries std ``z * Delta``."""
-    _positive(noise_multiplier, "noise_multiplier")
+    a sum over at least ``min_cohort`` devices carries std ``z * Delta``; ``min_cohort = 1`` is
+    local noise (each device adds the full ``z * Delta``). ``z = 0`` (a run without DP) gives 0.
+
+    The one definition of the noise share: :attr:`common.round_config.RoundConfig.required_noise_std`
+    (server and device) calls it."""
+    if not (
+        isinstance(noise_multiplier, (int, float))
+        and math.isfinite(noise_multiplier)
+        and noise_multiplier >= 0
+    ):
+        raise ConfigError(f"`noise_multiplier` must be >= 0. Found {noise_multiplier!r}.")
     _positive(sensitivity, "sensitivity")
     if not (isinstance(min_cohort, int) and min_cohort >= 1):
         raise ConfigError(f"`min_cohort` must be an int >= 1. Found {min_cohort!r}.")

@@ -204,3 +204,33 @@ def test_projection_mismatch_is_refused(store: EventStore) -> None:
             rng=np.random.default_rng(0),
         )
     assert store.ledger() == []
+
+
+def test_device_app_refuses_an_unparseable_round(tmp_path: Path) -> None:
+    """The device's handler parses the round config first: a malformed one is refused (the
+    `refused` reply status) before the store is touched, and the reply's echo of a garbage
+    round or version is -1, not a crash."""
+    from client.app import DeviceSettings, _dispatch, _meta
+    from common.records import ReplyKeys, ReplyStatus
+
+    settings = DeviceSettings(store=tmp_path / "absent.db")
+    for bad in (
+        {},
+        config(**{RoundKeys.SERVER_ROUND: "one"}),
+        config(**{RoundKeys.TASK: "everything"}),
+        config(**{RoundKeys.NOISE_STD: 1e-3}),
+    ):
+        with pytest.raises(ReleaseRefusedError):
+            _dispatch(settings, bad, centroids(), None)
+    meta = _meta(ReplyStatus.REFUSED, config(**{RoundKeys.SERVER_ROUND: "one"}))
+    assert meta[ReplyKeys.SERVER_ROUND] == -1 and meta[ReplyKeys.HIERARCHY_VERSION] == 0
+    assert meta[ReplyKeys.STATUS] == "refused"
+
+
+def test_release_params_is_the_shared_round_config() -> None:
+    """The device parses with the same typed config the server builds (one definition)."""
+    from common.round_config import RoundConfig
+
+    assert ReleaseParams is RoundConfig
+    p = ReleaseParams.from_config(config())
+    assert RoundConfig.from_record(p.to_record()) == p

@@ -8,7 +8,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, Metadata, Record
 
 from common.errors import InvalidReleaseError
 from common.records import REPLY_ARRAYS, REPLY_META, SUMS, ReplyKeys
-from server.strategy import _array_view, validate_local_reply
+from server.replies import _array_view, validate_local_reply
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,421 @@
+"""The round config: what the server asks of every device in one release round.
+
+One frozen record for both sides of the network. The server builds it
+(:meth:`RoundConfig.for_release`) and sends it as Flower's config record
+(:meth:`RoundConfig.to_record`); the device parses and checks it (:meth:`RoundConfig.from_record`)
+and refuses, failing closed, anything it cannot parse or that fails its checks
+(:class:`~common.errors.ReleaseRefusedError`, answered with the ``refused`` reply status).
+
+It is the one definition of the privacy contract of a release, used by the server and the
+device alike:
+
+- the noise each device adds, :attr:`RoundConfig.required_noise_std`: the full ``z * Delta`` in
+  local mode, the secure-aggregation share ``z * Delta / sqrt(min_cohort)`` otherwise
+  (:func:`common.privacy.mechanisms.secagg_share_std`; distributed Gaussian, Kairouz et al.
+  2021, "The distributed discrete Gaussian mechanism", Sec. 4);
+- the device's event-level ledger entry, :meth:`RoundConfig.ledger_entry`: what the device
+  writes before releasing, and what the server composes to state a participating device's
+  epsilon;
+- the server's user-level record of the same release, :meth:`RoundConfig.user_ledger_entry`;
+- the DP-SGD ledger entry of the adapter step, :func:`dpsgd_ledger_entry`.
+
+Sensitivities (add/remove one event, L2 over the whole release): the leaf sums
+``clipping_norm * max_weight`` (one event lands in one row, vector norm <= C, weight <= the
+cap); the item counts 1 (one event adds 1 to one count); the histogram sqrt(2) (any two k-hot
+unit vectors). User level (add/remove one device): the leaf sums and counts are clipped to
+``user_clipping_norm`` as a whole; a histogram vector has norm 1.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from types import MappingProxyType
+from typing import Any, Final
+
+from common.adapter import DPSGD_GROUP_SIZE, event_level_dpsgd
+from common.errors import ConfigError, ReleaseRefusedError
+from common.privacy.ledger import LedgerEntry, Mechanism, Scope
+from common.privacy.mechanisms import secagg_share_std
+from common.records import TASK_SENSITIVITY, ReleaseMode, ReleaseTask, RoundKeys
+
+__all__ = [
+    "TASK_MECHANISM",
+    "RoundConfig",
+    "dpsgd_ledger_entry",
+    "min_cohort_for",
+]
+
+#: The ledger mechanism of each release task.
+TASK_MECHANISM: Final = MappingProxyType(
+    {
+        ReleaseTask.LEAF_SUMS: Mechanism.GAUSSIAN_SUM,
+        ReleaseTask.ITEM_COUNTS: Mechanism.GAUSSIAN_COUNT,
+        ReleaseTask.HISTOGRAM: Mechanism.GAUSSIAN_HISTOGRAM,
+    }
+)
+
+#: What each task's user-level ledger record calls its output.
+_USER_OUTPUT: Final = MappingProxyType(
+    {
+        ReleaseTask.LEAF_SUMS: "leaf sums",
+        ReleaseTask.ITEM_COUNTS: "item popularity",
+        ReleaseTask.HISTOGRAM: "population histogram",
+    }
+)
+
+
+def min_cohort_for(mode: ReleaseMode, sampled: int, min_cohort_fraction: float) -> int:
+    """The fewest surviving devices whose noise shares add up to the calibrated noise.
+
+    Secure aggregation: ``max(2, ceil(fraction * sampled))``, and the server aborts a round
+    with fewer survivors before unmasking. Local mode: 1 (each device adds the full noise).
+    """
+    rules: dict[ReleaseMode, Callable[[], int]] = {
+        ReleaseMode.SECAGG: lambda: max(2, math.ceil(min_cohort_fraction * sampled)),
+        ReleaseMode.LOCAL: lambda: 1,
+    }
+    return rules[mode]()
+
+
+@dataclass(frozen=True)
+class RoundConfig:
+    """One release round's parameters, as the server sends them and the device checks them.
+
+    Attributes:
+        server_round: the round (>= 1).
+        hierarchy_version: the tree version whose public centroids come with the round.
+        mode: secure aggregation (noise shares) or local (full noise on each device).
+        clipping_norm: L2 bound of each event vector (``C``).
+        max_weight: cap of each event's behaviour weight.
+        noise_multiplier: ``z`` of this task's release (the tree's ``z`` times the task's
+            noise factor).
+        noise_std: the std each device adds (at least :attr:`required_noise_std`).
+        min_cohort: fewest devices whose shares make the full noise (secagg; 1 in local mode).
+        user_clipping_norm: bound of one device's whole release (Frobenius).
+        residual_threshold: events below this cosine to every leaf go to the unassigned row.
+        projection_seed / projection_dim / projection_fingerprint: the public projection.
+        delta: the delta of the device's budget.
+        task: what is released (leaf sums, item counts, histogram).
+        top_k: the histogram's k (``None`` for the other tasks).
+    """
+
+    server_round: int
+    hierarchy_version: int
+    mode: ReleaseMode
+    clipping_norm: float
+    max_weight: float
+    noise_multiplier: float
+    noise_std: float
+    min_cohort: int
+    user_clipping_norm: float
+    residual_threshold: float
+    projection_seed: int
+    projection_dim: int
+    projection_fingerprint: str
+    delta: float
+    task: ReleaseTask = ReleaseTask.LEAF_SUMS
+    top_k: int | None = None
+
+    # -- the privacy contract -------------------------------------------------------------------
+
+    @property
+    def non_private(self) -> bool:
+        return self.noise_multiplier == 0
+
+    @property
+    def sensitivity(self) -> float:
+        """Event-level L2 sensitivity of this task's release (see the module docstring)."""
+        if self.task is ReleaseTask.LEAF_SUMS:
+            return self.clipping_norm * self.max_weight
+        return TASK_SENSITIVITY[self.task]
+
+    @property
+    def noise_shares(self) -> int:
+        """How many devices' noise makes up the full noise of the sum (1 in local mode)."""
+        return {ReleaseMode.SECAGG: self.min_cohort, ReleaseMode.LOCAL: 1}[self.mode]
+
+    @property
+    def required_noise_std(self) -> float:
+        """The std one device must add: ``z * Delta / sqrt(noise_shares)``."""
+        return secagg_share_std(
+            noise_multiplier=self.noise_multiplier,
+            sensitivity=self.sensitivity,
+            min_cohort=self.noise_shares,
+        )
+
+    def ledger_entry(self) -> LedgerEntry:
+        """The device's event-level record of this release (written before it is sent)."""
+        return LedgerEntry(
+            mechanism=Mechanism.NON_PRIVATE if self.non_private else TASK_MECHANISM[self.task],
+            noise_multiplier=self.noise_multiplier,
+            sensitivity=self.sensitivity,
+            server_round=self.server_round,
+            scope=Scope.EVENT,
+            details={
+                "task": self.task.value,
+                "mode": self.mode.value,
+                "min_cohort": self.min_cohort,
+                "noise_std": self.noise_std,
+                "hierarchy_version": self.hierarchy_version,
+                "user_clipping_norm": self.user_clipping_norm,
+            },
+        )
+
+    def user_ledger_entry(self) -> LedgerEntry:
+        """The server's user-level record of this release (add/remove one device).
+
+        The cohort sum carries std ``z * Delta`` (event level); one device moves it by at most
+        its user bound (``user_clipping_norm`` for the leaf sums and counts, 1 for a histogram
+        vector), so the user-level multiplier is ``z * Delta / user_bound``. A release without
+        noise is recorded as ``non_private`` (the audit reports infinity, not a huge epsilon).
+        """
+        user_bound = 1.0 if self.task is ReleaseTask.HISTOGRAM else self.user_clipping_norm
+        z_user = self.noise_multiplier * self.sensitivity / user_bound
+        output = _USER_OUTPUT[self.task]
+        if z_user <= 0:
+            return LedgerEntry(
+                Mechanism.NON_PRIVATE,
+                0.0,
+                user_bound,
+                server_round=self.server_round,
+                scope=Scope.USER,
+                details={"output": output},
+            )
+        details: dict[str, Any] = {"output": output}
+        if self.task is ReleaseTask.LEAF_SUMS:
+            details["user_clipping_norm"] = self.user_clipping_norm
+        return LedgerEntry(
+            TASK_MECHANISM[self.task],
+            z_user,
+            user_bound,
+            server_round=self.server_round,
+            scope=Scope.USER,
+            details=details,
+        )
+
+    # -- the server builds ----------------------------------------------------------------------
+
+    @classmethod
+    def for_release(
+        cls,
+        *,
+        server_round: int,
+        hierarchy_version: int,
+        mode: ReleaseMode,
+        noise_multiplier: float,
+        sampled: int,
+        min_cohort_fraction: float,
+        clipping_norm: float,
+        max_weight: float,
+        user_clipping_norm: float,
+        residual_threshold: float,
+        projection_seed: int,
+        projection_dim: int,
+        projection_fingerprint: str,
+        delta: float,
+        task: ReleaseTask = ReleaseTask.LEAF_SUMS,
+        top_k: int | None = None,
+    ) -> RoundConfig:
+        """The server's config of one release task for a cohort of ``sampled`` devices; the
+        noise std is the share :attr:`required_noise_std` prescribes.
+
+        Raises:
+            ConfigError: when the result would not pass the device's own checks (a bug).
+        """
+        base = cls(
+            server_round=server_round,
+            hierarchy_version=hierarchy_version,
+            mode=mode,
+            clipping_norm=float(clipping_norm),
+            max_weight=float(max_weight),
+            noise_multiplier=float(noise_multiplier),
+            noise_std=0.0,
+            min_cohort=min_cohort_for(mode, sampled, min_cohort_fraction),
+            user_clipping_norm=float(user_clipping_norm),
+            residual_threshold=float(residual_threshold),
+            projection_seed=int(projection_seed),
+            projection_dim=int(projection_dim),
+            projection_fingerprint=projection_fingerprint,
+            delta=float(delta),
+            task=task,
+            top_k=top_k,
+        )
+        out = replace(base, noise_std=float(base.required_noise_std))
+        out.check(allow_no_dp=True)
+        return out
+
+    def to_record(self) -> dict[str, int | float | str]:
+        """The flat config record that travels to the devices (keys: :class:`RoundKeys`)."""
+        out: dict[str, int | float | str] = {
+            RoundKeys.SERVER_ROUND: int(self.server_round),
+            RoundKeys.HIERARCHY_VERSION: int(self.hierarchy_version),
+            RoundKeys.TASK: self.task.value,
+            RoundKeys.MODE: self.mode.value,
+            RoundKeys.CLIPPING_NORM: float(self.clipping_norm),
+            RoundKeys.MAX_WEIGHT: float(self.max_weight),
+            RoundKeys.NOISE_MULTIPLIER: float(self.noise_multiplier),
+            RoundKeys.NOISE_STD: float(self.noise_std),
+            RoundKeys.MIN_COHORT: int(self.min_cohort),
+            RoundKeys.USER_CLIPPING_NORM: float(self.user_clipping_norm),
+            RoundKeys.RESIDUAL_THRESHOLD: float(self.residual_threshold),
+            RoundKeys.PROJECTION_SEED: int(self.projection_seed),
+            RoundKeys.PROJECTION_DIM: int(self.projection_dim),
+            RoundKeys.PROJECTION_FINGERPRINT: self.projection_fingerprint,
+            RoundKeys.DELTA: float(self.delta),
+        }
+        if self.top_k is not None:
+            out[RoundKeys.TOP_K] = int(self.top_k)
+        return out
+
+    # -- the device parses and checks -----------------------------------------------------------
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any], *, allow_no_dp: bool = False) -> RoundConfig:
+        """Parses and checks a received config record (unknown keys are ignored).
+
+        A round without noise (``noise-multiplier`` 0) is refused unless this device was
+        explicitly configured with ``allow_no_dp`` (simulation only).
+
+        Raises:
+            ReleaseRefusedError: naming the key that is missing, of the wrong type or out of
+                range, or the check that failed; nothing may be released.
+        """
+        try:
+            cfg = cls._parse(record)
+            cfg.check(allow_no_dp=allow_no_dp)
+        except ReleaseRefusedError:
+            raise
+        except (ConfigError, ArithmeticError) as err:
+            raise ReleaseRefusedError(f"round config refused: {err}") from None
+        return cfg
+
+    #: Kept for callers that used ``client.release.ReleaseParams.from_config``.
+    from_config = from_record
+
+    @classmethod
+    def _parse(cls, cfg: Mapping[str, Any]) -> RoundConfig:
+        def get(key: str, kind: type) -> Any:
+            if key not in cfg:
+                raise ReleaseRefusedError(f"round config is missing `{key}`.")
+            v: Any = cfg[key]
+            if kind is float and isinstance(v, int) and not isinstance(v, bool):
+                v = float(v)
+            if not isinstance(v, kind) or isinstance(v, bool):
+                raise ReleaseRefusedError(
+                    f"round config `{key}` must be {kind.__name__}. Found {v!r}."
+                )
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ReleaseRefusedError(f"round config `{key}` must be finite. Found {v!r}.")
+            return v
+
+        raw_task = cfg.get(RoundKeys.TASK, ReleaseTask.LEAF_SUMS.value)
+        try:
+            task = ReleaseTask(raw_task)
+        except ValueError:
+            raise ReleaseRefusedError(
+                f"round config `{RoundKeys.TASK}` must be one of {[t.value for t in ReleaseTask]}. "
+                f"Found {raw_task!r}."
+            ) from None
+        raw_mode = get(RoundKeys.MODE, str)
+        try:
+            mode = ReleaseMode(raw_mode)
+        except ValueError:
+            raise ReleaseRefusedError(
+                f"round config `{RoundKeys.MODE}` must be 'secagg' or 'local'. Found {raw_mode!r}."
+            ) from None
+        top_k = get(RoundKeys.TOP_K, int) if RoundKeys.TOP_K in cfg else None
+        return cls(
+            server_round=get(RoundKeys.SERVER_ROUND, int),
+            hierarchy_version=get(RoundKeys.HIERARCHY_VERSION, int),
+            mode=mode,
+            clipping_norm=get(RoundKeys.CLIPPING_NORM, float),
+            max_weight=get(RoundKeys.MAX_WEIGHT, float),
+            noise_multiplier=get(RoundKeys.NOISE_MULTIPLIER, float),
+            noise_std=get(RoundKeys.NOISE_STD, float),
+            min_cohort=get(RoundKeys.MIN_COHORT, int),
+            user_clipping_norm=get(RoundKeys.USER_CLIPPING_NORM, float),
+            residual_threshold=get(RoundKeys.RESIDUAL_THRESHOLD, float),
+            projection_seed=get(RoundKeys.PROJECTION_SEED, int),
+            projection_dim=get(RoundKeys.PROJECTION_DIM, int),
+            projection_fingerprint=get(RoundKeys.PROJECTION_FINGERPRINT, str),
+            delta=get(RoundKeys.DELTA, float),
+            task=task,
+            top_k=top_k,
+        )
+
+    def check(self, *, allow_no_dp: bool = False) -> None:
+        """The device's fail-closed consistency checks.
+
+        Refused: a round without noise (unless ``allow_no_dp``); a non-positive clipping norm,
+        weight cap or user bound; a negative noise multiplier; a round below 1; a delta
+        outside (0, 1); secure aggregation assuming fewer than 2 devices; a ``top_k`` below 1;
+        a noise std below what ``noise_multiplier`` and the sensitivity require.
+
+        Raises:
+            ReleaseRefusedError: naming the check.
+        """
+        if self.non_private and not allow_no_dp:
+            raise ReleaseRefusedError(
+                "the round asks for a release without noise (noise-multiplier 0); this device "
+                "does not allow non-private releases. Refusing to release."
+            )
+        for name in ("clipping_norm", "max_weight", "user_clipping_norm"):
+            if not getattr(self, name) > 0:
+                raise ReleaseRefusedError(f"`{name}` must be > 0. Found {getattr(self, name)!r}.")
+        if self.noise_multiplier < 0:
+            raise ReleaseRefusedError(
+                f"`noise_multiplier` must be >= 0. Found {self.noise_multiplier!r}."
+            )
+        if self.server_round < 1:
+            raise ReleaseRefusedError(f"`server_round` must be >= 1. Found {self.server_round}.")
+        if not 0 < self.delta < 1:
+            raise ReleaseRefusedError(f"`delta` must be in (0, 1). Found {self.delta!r}.")
+        if self.mode is ReleaseMode.SECAGG and self.min_cohort < 2:
+            raise ReleaseRefusedError(
+                f"secagg mode needs `min_cohort` >= 2. Found {self.min_cohort}."
+            )
+        if self.top_k is not None and self.top_k < 1:
+            raise ReleaseRefusedError(f"`top_k` must be >= 1. Found {self.top_k}.")
+        if self.noise_std < self.required_noise_std * (1 - 1e-9):
+            raise ReleaseRefusedError(
+                f"`noise_std` {self.noise_std:.6g} is below the {self.required_noise_std:.6g} that "
+                f"noise_multiplier {self.noise_multiplier:g} x sensitivity {self.sensitivity:g} requires "
+                f"in {self.mode.value} mode; refusing to release."
+            )
+
+
+def dpsgd_ledger_entry(
+    *,
+    noise_multiplier: float,
+    sample_rate: float,
+    max_grad_norm: float,
+    steps: int,
+    server_round: int | None,
+) -> LedgerEntry:
+    """The device's event-level record of one round of the adapter's DP-SGD.
+
+    DP-SGD (Abadi et al. 2016) with per-example multiplier ``z`` and Poisson rate ``q``; one
+    event touches up to :data:`~common.adapter.DPSGD_GROUP_SIZE` examples, so by group privacy
+    (conservatively) the event-level mechanism is a Poisson-subsampled Gaussian with multiplier
+    ``z / k`` at rate ``1 - (1 - q)^k`` and sensitivity ``k * max_grad_norm``
+    (:func:`common.adapter.event_level_dpsgd`).
+    """
+    k = DPSGD_GROUP_SIZE
+    z_event, q_event = event_level_dpsgd(noise_multiplier, sample_rate)
+    return LedgerEntry(
+        mechanism=Mechanism.DPSGD,
+        noise_multiplier=z_event,
+        sensitivity=k * max_grad_norm,
+        sample_rate=q_event,
+        steps=steps,
+        server_round=server_round,
+        scope=Scope.EVENT,
+        details={
+            "per_example_noise_multiplier": noise_multiplier,
+            "per_example_sample_rate": sample_rate,
+            "group_size": k,
+            "max_grad_norm": max_grad_norm,
+        },
+    )
