@@ -3,6 +3,8 @@ empirical attack and bound."""
 
 from __future__ import annotations
 
+import contextlib
+
 import hashlib
 import json
 import shutil
@@ -200,17 +202,17 @@ def test_audit_crosschecks_deleted_ledger_entries_and_releases(
     flagged, the gap in the device's ledger numbers names the device, and `audit --strict`
     exits 1. Covering the gap (the ledger's counter reset) still leaves the round flagged."""
     run = _copy(small_budget_run, tmp_path)
-    with sqlite3.connect(run / "clients" / "client-00003.db") as con:
+    # both connections closed (a WAL checkpoint on close rewrites the file) before the digest
+    with contextlib.closing(sqlite3.connect(run / "clients" / "client-00003.db")) as con, con:
         con.execute("DELETE FROM ledger WHERE server_round = 2")
         con.execute("DELETE FROM state WHERE key LIKE 'release%:2:%'")
-    with sqlite3.connect(run / "clients" / "client-00004.db") as con:
+    with contextlib.closing(sqlite3.connect(run / "clients" / "client-00004.db")) as con, con:
         # the last round's releases (leaf sums and item counts), then the counter
         con.execute("DELETE FROM ledger WHERE server_round = 3")
         con.execute("DELETE FROM state WHERE key LIKE 'release%:3:%'")
         con.execute(
             "UPDATE sqlite_sequence SET seq = (SELECT MAX(seq) FROM ledger) WHERE name = 'ledger'"
         )
-    con.close()
     before = _digests(run)
     report = audit_run(run)
     flags = report["flags"]
