@@ -4,7 +4,6 @@ empirical attack and bound."""
 from __future__ import annotations
 
 import contextlib
-
 import hashlib
 import json
 import shutil
