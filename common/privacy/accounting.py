@@ -24,10 +24,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import dp_accounting as dpa
+import numpy as np
 from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
-from scipy.optimize import brentq
-from scipy.stats import norm
 
 from common.errors import BudgetExceededError, ConfigError
 from common.privacy.ledger import LedgerEntry, Mechanism, Scope
@@ -83,26 +82,13 @@ def to_dp_event(entry: LedgerEntry) -> dpa.DpEvent:
 
 
 def _exact_gaussian_epsilon(z: float, delta: float) -> float:
-    """The tight epsilon of one Gaussian mechanism (Balle and Wang 2018, Thm. 8).
-
-    ``delta(eps) = Phi(1/(2z) - eps z) - e^eps Phi(-1/(2z) - eps z)`` is decreasing in
-    ``eps``; it is solved by bracketing and Brent's method (the second term in log space, so
-    tiny ``z`` does not overflow). This is the limit the PLD accountant converges to, without
-    its discretisation grid, whose size explodes for ``z`` well below 1 (user-level sums).
-    """
-    a = 1.0 / (2.0 * z)
-
-    def excess(eps: float) -> float:
-        # capped exponent: past e^700 the term is far above 1 and the sign is all that counts
-        second = math.exp(min(eps + float(norm.logcdf(-a - eps * z)), 700.0))
-        return float(norm.cdf(a - eps * z)) - second - delta
-
-    if excess(0.0) <= 0:
-        return 0.0
-    hi = 1.0
-    while excess(hi) > 0:
-        hi *= 2.0
-    return float(brentq(excess, 0.0, hi, xtol=1e-12, rtol=1e-12))
+    """The tight epsilon of one Gaussian mechanism (Balle and Wang 2018, "Improving the
+    Gaussian mechanism for differential privacy", Thm. 8), as dp-accounting computes it
+    (``get_epsilon_gaussian``: the analytic condition solved in log space by Brent's method).
+    This is the limit the PLD accountant converges to, without its discretisation grid, whose
+    size explodes for ``z`` well below 1 (user-level sums)."""
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        return float(dpa.get_epsilon_gaussian(z, delta))
 
 
 @lru_cache(maxsize=4096)
