@@ -34,6 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from common.adapter import DPSGD_GROUP_SIZE, AdapterWeights
+from common.config import AdapterConfig
 from common.errors import ConfigError
 from common.privacy import LedgerEntry
 from common.round_config import dpsgd_ledger_entry
@@ -69,14 +70,15 @@ class AdapterTrainParams:
         update_clipping_norm: bound on the L2 norm of the weight change sent back.
     """
 
-    noise_multiplier: float = 8.0
-    max_grad_norm: float = 1.0
-    sample_rate: float = 0.05
-    steps: int = 10
-    lr: float = 0.05
-    temperature: float = 0.1
-    expected_batch_size: int = 16
-    update_clipping_norm: float = 1.0
+    # the defaults are the run's (common.config.AdapterConfig): one source for each value
+    noise_multiplier: float = AdapterConfig.noise_multiplier
+    max_grad_norm: float = AdapterConfig.max_grad_norm
+    sample_rate: float = AdapterConfig.sample_rate
+    steps: int = AdapterConfig.steps
+    lr: float = AdapterConfig.lr
+    temperature: float = AdapterConfig.temperature
+    expected_batch_size: int = AdapterConfig.expected_batch_size
+    update_clipping_norm: float = AdapterConfig.update_clipping_norm
 
     def __post_init__(self) -> None:
         for name in (
