@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from common.config import ClusteringConfig
 from common.errors import ConfigError, InvalidReleaseError
 from common.projection import normalize_rows
 
@@ -62,14 +63,25 @@ class AggregationConfig:
         prune_after: non-seed slots dormant this many rounds are removed.
     """
 
-    memory: float = 1.0
-    live_z: float = 2.0
-    prior_strength: float = 3.0
-    new_leaf_z: float = 6.0
-    merge_cosine: float = 0.92
-    split_mass: float | None = None
-    max_leaves: int = 256
+    # the run's values live in common.config.ClusteringConfig (one source per default)
+    memory: float = ClusteringConfig.memory
+    live_z: float = ClusteringConfig.live_z
+    prior_strength: float = ClusteringConfig.prior_strength
+    new_leaf_z: float = ClusteringConfig.new_leaf_z
+    merge_cosine: float = ClusteringConfig.merge_cosine
+    split_mass: float | None = ClusteringConfig.split_mass
+    max_leaves: int = ClusteringConfig.max_leaves
     prune_after: int = 2
+
+    @classmethod
+    def from_clustering(cls, c: ClusteringConfig) -> AggregationConfig:
+        """The aggregation rules of a run's :class:`ClusteringConfig`."""
+        names = ("memory", "live_z", "prior_strength", "new_leaf_z", "merge_cosine")
+        return cls(
+            **{n: getattr(c, n) for n in names},
+            split_mass=c.split_mass,
+            max_leaves=c.max_leaves,
+        )
 
     def __post_init__(self) -> None:
         if not 0 <= self.memory <= 1:

@@ -138,15 +138,7 @@ class ServerConfig:
                 accountant=p.accountant,
             )
         )
-        aggregation = AggregationConfig(
-            memory=c.memory,
-            prior_strength=c.prior_strength,
-            live_z=c.live_z,
-            new_leaf_z=c.new_leaf_z,
-            merge_cosine=c.merge_cosine,
-            split_mass=c.split_mass,
-            max_leaves=c.max_leaves,
-        )
+        aggregation = AggregationConfig.from_clustering(c)
         tree = TreeConfig(
             criterion=CutCriterion(c.cut), level1_k=c.level1_k, label_weight=c.label_weight
         )
