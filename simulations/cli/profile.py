@@ -9,7 +9,7 @@ import contextlib
 import json
 import sys
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from simulations.cli.base import (
     CliError,
@@ -20,6 +20,9 @@ from simulations.cli.base import (
     positive_float,
     positive_int,
 )
+
+if TYPE_CHECKING:
+    from client.device_context import DeviceContext
 
 __all__ = ["add_parser", "run"]
 
@@ -35,7 +38,7 @@ def _as_cli_errors() -> Iterator[None]:
         raise CliError(str(err)) from err
 
 
-def _context(args: argparse.Namespace) -> Any:
+def _context(args: argparse.Namespace) -> DeviceContext:
     """The device context of the flags: every input file is checked before the store is
     written (a --hierarchy file is also kept in the store, so later calls work without it)."""
     from client.device_context import load_adapter, open_device_context

@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from common.config import AdapterConfig, AnalyticsConfig, ClusteringConfig, PrivacyConfig, RunConfig
 from common.records import ReleaseMode
@@ -29,6 +29,10 @@ from simulations.cli.base import (
     rate,
     stderr_lines,
 )
+
+if TYPE_CHECKING:  # both load Flower: imported when a command runs, not to build the parser
+    from simulations.simulate import SimulateOptions
+    from simulations.sweep import SweepOptions
 
 __all__ = [
     "ROBUST_CHOICES",
@@ -86,7 +90,9 @@ def run_config_from_args(args: argparse.Namespace, *, epsilon: float | None = No
     )
 
 
-def simulate_options_from_args(args: argparse.Namespace, run: RunConfig, **over: Any) -> Any:
+def simulate_options_from_args(
+    args: argparse.Namespace, run: RunConfig, **over: Any
+) -> SimulateOptions:
     """The :class:`simulations.simulate.SimulateOptions` of parsed run flags and ``run``."""
     from simulations.simulate import SimulateOptions
 
@@ -102,7 +108,7 @@ def simulate_options_from_args(args: argparse.Namespace, run: RunConfig, **over:
     )
 
 
-def sweep_options_from_args(args: argparse.Namespace) -> Any:
+def sweep_options_from_args(args: argparse.Namespace) -> SweepOptions:
     """The :class:`simulations.sweep.SweepOptions` of parsed ``sweep`` arguments."""
     from simulations.sweep import SweepOptions
 
