@@ -43,8 +43,9 @@ from common.privacy import LedgerEntry, Mechanism, Scope, epsilon_of_entries
 from common.records import ReleaseTask
 from server.storage import ServerStorage
 from server.strategy import json_safe
+from simulations.files import atomic_write_json
 
-__all__ = ["DeviceAudit", "audit_device", "audit_run", "guarantees"]
+__all__ = ["DeviceAudit", "audit_device", "audit_run", "guarantees", "record_empirical"]
 
 
 @dataclass
@@ -655,7 +656,15 @@ def audit_run(
         old = json.loads(previous.read_text(encoding="utf-8"))
         if "empirical" in old:
             report["empirical"] = old["empirical"]
-    (d / "audit.json").write_text(
-        json.dumps(json_safe(report), indent=1, sort_keys=True) + "\n", encoding="utf-8"
-    )
+    atomic_write_json(d / "audit.json", report, indent=1, sort_keys=True)
     return report
+
+
+def record_empirical(run_dir: str | Path, kind: str, result: Mapping[str, Any]) -> Path:
+    """Adds an empirical audit's ``result`` to ``RUN_DIR/audit.json`` under
+    ``empirical.<kind>`` (``dp`` or ``nodp``); returns the file's path."""
+    path = Path(run_dir) / "audit.json"
+    report = json.loads(path.read_text(encoding="utf-8"))
+    report.setdefault("empirical", {})[kind] = dict(result)
+    atomic_write_json(path, report, indent=1, sort_keys=True, default=str)
+    return path

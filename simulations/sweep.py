@@ -18,7 +18,6 @@ bad one is a :class:`common.errors.ConfigError` naming the flag and the value.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import statistics
@@ -29,14 +28,14 @@ from pathlib import Path
 from typing import Any, Final
 
 from common.errors import ConfigError
-from simulations.cli import add_run_settings
+from simulations.files import atomic_write_json
+from simulations.report.sweep_page import TABLE_METRICS, sweep_page, write_sweep_report
+from simulations.report.values import finite_number, fixed
 
 __all__ = [
     "SWEEP_FORMAT",
     "SweepOptions",
-    "add_arguments",
     "format_table",
-    "options_from_args",
     "parse_epsilons",
     "run_sweep",
     "sweep_page",
@@ -44,8 +43,6 @@ __all__ = [
 ]
 
 SWEEP_FORMAT: Final = "fedinterest.sweep/1"
-_PLOT_METRICS: Final = ("nmi_level1", "nmi_level2", "dendrogram_purity")
-_TABLE_METRICS: Final = ("nmi_level1", "nmi_level2", "dendrogram_purity")
 
 Progress = Callable[[str], None]
 
@@ -153,7 +150,7 @@ def _reference(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     for side in ("centralized", "catalogue"):
         keys = sorted({k for r in ok for k in (r.get(side) or {})})
         vals = {
-            k: [v for r in ok if isinstance(v := _num((r.get(side) or {}).get(k)), float)]
+            k: [v for r in ok if isinstance(v := finite_number((r.get(side) or {}).get(k)), float)]
             for k in keys
         }
         if keys:
@@ -164,7 +161,7 @@ def _reference(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         keys = sorted({k for row in rows for k in row if k != "users"})
         means = {}
         for k in keys:
-            found = [x for row in rows if isinstance(x := _num(row.get(k)), float)]
+            found = [x for row in rows if isinstance(x := finite_number(row.get(k)), float)]
             if found:
                 means[k] = statistics.fmean(found)
         if means:
@@ -174,26 +171,8 @@ def _reference(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return ref
 
 
-def _num(v: Any) -> float | None:
-    if isinstance(v, bool) or v is None:
-        return None
-    if isinstance(v, (int, float)):
-        x = float(v)
-        return x if math.isfinite(x) else None
-    return None
-
-
 def _write_json(path: Path, doc: Mapping[str, Any]) -> None:
-    from server.strategy import json_safe
-
-    tmp = path.with_suffix(".json.tmp")
-    try:
-        tmp.write_text(
-            json.dumps(json_safe(dict(doc)), indent=1, sort_keys=True) + "\n", encoding="utf-8"
-        )
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_json(path, doc, indent=1, sort_keys=True)
 
 
 def _read_doc(path: Path) -> dict[str, Any] | None:
@@ -393,20 +372,15 @@ def _same_epsilon(run_dir: Path, eps: float) -> bool:
 def _one_line(record: Mapping[str, Any]) -> str:
     fed = record.get("federated") or {}
     ratio = record.get("ratio") or {}
-    parts = [f"epsilon spent {_fmt(record.get('epsilon_spent'))}"]
+    parts = [f"epsilon spent {fixed(record.get('epsilon_spent'))}"]
     if "nmi_level1" in fed:
         parts.append(
-            f"NMI level 1 {_fmt(fed['nmi_level1'])} ({_fmt(ratio.get('nmi_level1'), 2)}x centralized)"
+            f"NMI level 1 {fixed(fed['nmi_level1'])} ({fixed(ratio.get('nmi_level1'), 2)}x centralized)"
         )
     rk = (record.get("ranking") or {}).get("federated") or {}
     if "recall10" in rk:
-        parts.append(f"recall@10 {_fmt(rk['recall10'])}")
+        parts.append(f"recall@10 {fixed(rk['recall10'])}")
     return ", ".join(parts)
-
-
-def _fmt(v: Any, digits: int = 3) -> str:
-    x = _num(v)
-    return "-" if x is None else f"{x:.{digits}f}"
 
 
 def format_table(doc: Mapping[str, Any]) -> str:
@@ -414,7 +388,7 @@ def format_table(doc: Mapping[str, Any]) -> str:
     head = [
         "epsilon",
         "spent",
-        *_TABLE_METRICS,
+        *TABLE_METRICS,
         "nmi1/central",
         "recall@10",
         "ndcg@10",
@@ -428,11 +402,11 @@ def format_table(doc: Mapping[str, Any]) -> str:
         rows.append(
             [
                 f"{r['epsilon']:g}",
-                _fmt(r.get("epsilon_spent")),
-                *(_fmt(fed.get(k)) for k in _TABLE_METRICS),
-                _fmt((r.get("ratio") or {}).get("nmi_level1"), 2),
-                _fmt(rk.get("recall10")),
-                _fmt(rk.get("ndcg10")),
+                fixed(r.get("epsilon_spent")),
+                *(fixed(fed.get(k)) for k in TABLE_METRICS),
+                fixed((r.get("ratio") or {}).get("nmi_level1"), 2),
+                fixed(rk.get("recall10")),
+                fixed(rk.get("ndcg10")),
                 str(r.get("status")),
                 f"{r.get('seconds', 0):.0f}",
             ]
@@ -445,10 +419,10 @@ def format_table(doc: Mapping[str, Any]) -> str:
                 [
                     side,
                     "no DP",
-                    *(_fmt(ref[side].get(k)) for k in _TABLE_METRICS),
+                    *(fixed(ref[side].get(k)) for k in TABLE_METRICS),
                     "",
-                    _fmt(rk.get("recall10")),
-                    _fmt(rk.get("ndcg10")),
+                    fixed(rk.get("recall10")),
+                    fixed(rk.get("ndcg10")),
                     "",
                     "",
                 ]
@@ -459,385 +433,3 @@ def format_table(doc: Mapping[str, Any]) -> str:
     lines = ["  ".join(h.rjust(w) for h, w in zip(head, widths, strict=True))]
     lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------------------------
-# the sweep's report
-# --------------------------------------------------------------------------------------------
-
-
-def _series(
-    runs: Sequence[Mapping[str, Any]], side: str, key: str
-) -> tuple[list[float], list[float | None]]:
-    ok = [r for r in runs if r.get("status") in ("ok", "reused")]
-    return [float(r["epsilon"]) for r in ok], [_num((r.get(side) or {}).get(key)) for r in ok]
-
-
-def _reference_line(
-    fig: Any, eps: list[float], value: float | None, side: str, color: str, dash: str, col: int
-) -> None:
-    """A baseline's value as a horizontal line across the epsilon range of subplot ``col``."""
-    import plotly.graph_objects as go
-
-    if value is None or not eps:
-        return
-    fig.add_trace(
-        go.Scatter(
-            x=[min(eps), max(eps)],
-            y=[value, value],
-            mode="lines",
-            name=side,
-            line={"color": color, "dash": dash},
-            legendgroup=side,
-            showlegend=col == 1,
-        ),
-        row=1,
-        col=col,
-    )
-
-
-def sweep_page(doc: Mapping[str, Any]) -> Any:
-    """The sweep's :class:`simulations.report.Page`."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    from simulations.evaluation import METRIC_KEYS
-    from simulations.report import Page
-
-    st = doc.get("settings", {})
-    run = st.get("run", {})
-    priv = run.get("privacy", {})
-    runs = doc.get("runs", [])
-    ok = [r for r in runs if r.get("status") in ("ok", "reused")]
-    ref = doc.get("reference", {})
-    eps = [float(r["epsilon"]) for r in ok]
-    page = Page(
-        title="fedinterest utility-privacy sweep",
-        subtitle=(
-            f"{st.get('dataset')} · {st.get('clients')} devices · {run.get('rounds')} rounds · "
-            f"{priv.get('mode')} · δ={priv.get('delta')} · epsilons {', '.join(f'{e:g}' for e in doc.get('epsilons', []))}"
-        ),
-    )
-    page.tile(
-        "runs",
-        f"{len(ok)}/{len(runs)}",
-        "finished" + ("" if doc.get("complete") else " (sweep incomplete)"),
-    )
-    failed = [r for r in runs if r.get("status") == "failed"]
-    if failed:
-        page.tile("failed runs", str(len(failed)), ", ".join(f"ε={r['epsilon']:g}" for r in failed))
-    best = max(ok, key=lambda r: float(r["epsilon"])) if ok else None
-    if best and "nmi_level1" in (best.get("ratio") or {}):
-        page.tile(
-            f"NMI level 1 at ε={best['epsilon']:g}",
-            _fmt((best.get("federated") or {}).get("nmi_level1")),
-            f"{_fmt(best['ratio']['nmi_level1'], 2)}x centralized",
-        )
-    low = min(ok, key=lambda r: float(r["epsilon"])) if ok else None
-    if low and low is not best and "nmi_level1" in (low.get("ratio") or {}):
-        page.tile(
-            f"NMI level 1 at ε={low['epsilon']:g}",
-            _fmt((low.get("federated") or {}).get("nmi_level1")),
-            f"{_fmt(low['ratio']['nmi_level1'], 2)}x centralized",
-        )
-
-    s = page.section("tradeoff", "Utility against epsilon")
-    s.para(
-        "Each point is one full federated run at that total event-level epsilon (same data, seed "
-        "and settings). Dashed lines: the centralized baseline (all events pooled, no noise); "
-        "dotted: the catalogue baseline (public item texts only, no behaviour data)."
-    )
-    have_clustering = any(isinstance(r.get("federated"), Mapping) for r in ok)
-    if have_clustering:
-        keys = [k for k in _PLOT_METRICS if any(k in (r.get("federated") or {}) for r in ok)]
-        fig = make_subplots(rows=1, cols=len(keys), subplot_titles=keys, shared_yaxes=True)
-        for j, key in enumerate(keys, 1):
-            x, y = _series(runs, "federated", key)
-            fig.add_trace(
-                go.Scatter(
-                    x=x,
-                    y=y,
-                    mode="lines+markers",
-                    name="federated",
-                    line={"color": "#1f77b4", "width": 3},
-                    legendgroup="fed",
-                    showlegend=j == 1,
-                ),
-                row=1,
-                col=j,
-            )
-            for side, dash, color in (
-                ("centralized", "dash", "#2ca02c"),
-                ("catalogue", "dot", "#9467bd"),
-            ):
-                _reference_line(
-                    fig, eps, _num((ref.get(side) or {}).get(key)), side, color, dash, j
-                )
-        fig.update_xaxes(type="log", title_text="total event-level epsilon", **_ticks(eps))
-        fig.update_yaxes(range=[0, 1.05])
-        fig.update_layout(
-            height=440,
-            margin={"l": 50, "r": 20, "t": 60, "b": 60},
-            legend={"orientation": "h", "y": -0.25},
-            title={"text": "Clustering quality against the ground truth"},
-        )
-        s.figure("fig-sweep-clustering", fig)
-        fig = go.Figure()
-        for key in METRIC_KEYS:
-            x, y = _series(runs, "ratio", key)
-            if any(v is not None for v in y):
-                fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=key))
-        if eps:
-            fig.add_trace(
-                go.Scatter(
-                    x=[min(eps), max(eps)],
-                    y=[1.0, 1.0],
-                    mode="lines",
-                    name="= centralized",
-                    line={"color": "#000000", "dash": "dash", "width": 1},
-                )
-            )
-        fig.update_layout(
-            height=400,
-            margin={"l": 50, "r": 20, "t": 50, "b": 60},
-            title={"text": "Federated / centralized, per metric"},
-            xaxis={"type": "log", "title": {"text": "total event-level epsilon"}, **_ticks(eps)},
-            yaxis={"title": {"text": "ratio"}},
-            legend={"orientation": "h", "y": -0.25},
-        )
-        s.figure("fig-sweep-ratio", fig)
-    else:
-        s.para("No ground-truth categories in this dataset: clustering metrics omitted.", "note")
-    if any(isinstance((r.get("ranking") or {}).get("federated"), Mapping) for r in ok):
-        fig = make_subplots(
-            rows=1, cols=2, subplot_titles=("recall@10", "nDCG@10"), shared_yaxes=True
-        )
-        for j, key in enumerate(("recall10", "ndcg10"), 1):
-            x = [float(r["epsilon"]) for r in ok]
-            y = [_num(((r.get("ranking") or {}).get("federated") or {}).get(key)) for r in ok]
-            fig.add_trace(
-                go.Scatter(
-                    x=x,
-                    y=y,
-                    mode="lines+markers",
-                    name="federated",
-                    line={"color": "#1f77b4", "width": 3},
-                    legendgroup="fed",
-                    showlegend=j == 1,
-                ),
-                row=1,
-                col=j,
-            )
-            for side, dash, color in (
-                ("centralized", "dash", "#2ca02c"),
-                ("popularity", "dot", "#ff7f0e"),
-                ("random", "dot", "#7f7f7f"),
-            ):
-                v = _num(((ref.get("ranking") or {}).get(side) or {}).get(key))
-                _reference_line(fig, eps, v, side, color, dash, j)
-        fig.update_xaxes(type="log", title_text="total event-level epsilon", **_ticks(eps))
-        fig.update_yaxes(range=[0, 1.05])
-        fig.update_layout(
-            height=420,
-            margin={"l": 50, "r": 20, "t": 60, "b": 60},
-            legend={"orientation": "h", "y": -0.25},
-            title={"text": "Ranking held-out events"},
-        )
-        s.figure("fig-sweep-ranking", fig)
-
-    p = page.section("privacy", "Epsilon spent")
-    fig = go.Figure()
-    x = [float(r["epsilon"]) for r in ok]
-    fig.add_trace(
-        go.Scatter(
-            x=x,
-            y=[_num(r.get("epsilon_spent")) for r in ok],
-            mode="markers",
-            name="spent (accounted)",
-            marker={"size": 11, "color": "#d62728"},
-        )
-    )
-    if x:
-        fig.add_trace(
-            go.Scatter(
-                x=[min(x), max(x)],
-                y=[min(x), max(x)],
-                mode="lines",
-                name="target",
-                line={"dash": "dash", "color": "#000000", "width": 1},
-            )
-        )
-    fig.update_layout(
-        height=380,
-        margin={"l": 50, "r": 20, "t": 50, "b": 60},
-        title={"text": "Accounted event-level epsilon against the target"},
-        xaxis={"type": "log", "title": {"text": "target epsilon"}, **_ticks(x)},
-        yaxis={"type": "log", "title": {"text": "spent"}, **_ticks(x)},
-        legend={"orientation": "h", "y": -0.25},
-    )
-    p.figure("fig-sweep-epsilon", fig)
-
-    r = page.section("runs", "Runs")
-    rows = []
-    from simulations.report import Raw
-
-    for rec in runs:
-        fed = rec.get("federated") or {}
-        rk = (rec.get("ranking") or {}).get("federated") or {}
-        link = rec.get("report")
-        where = (
-            Raw(f'<a href="{_attr(link)}">{_esc(rec["run_dir"])}</a>') if link else rec["run_dir"]
-        )
-        rows.append(
-            (
-                f"{rec['epsilon']:g}",
-                rec.get("epsilon_spent"),
-                rec.get("noise_multiplier"),
-                *(fed.get(k) for k in _TABLE_METRICS),
-                (rec.get("ratio") or {}).get("nmi_level1"),
-                rk.get("recall10"),
-                rk.get("ndcg10"),
-                rec.get("status") + (f": {rec['error']}" if rec.get("error") else ""),
-                rec.get("seconds"),
-                where,
-            )
-        )
-    r.table(
-        [
-            "ε target",
-            "ε spent",
-            "noise mult.",
-            *_TABLE_METRICS,
-            "nmi1 / central",
-            "recall@10",
-            "nDCG@10",
-            "status",
-            "seconds",
-            "run",
-        ],
-        rows,
-        caption="One row per run (sweep.json)",
-    )
-    for side in ("centralized", "catalogue"):
-        if side in ref:
-            r.table(
-                ["metric", side],
-                sorted(ref[side].items()),
-                caption=f"{side} baseline (mean over the runs)",
-            )
-
-    q = page.section("parameters", "Sweep parameters")
-    from simulations.report import flatten
-
-    q.table(["setting", "value"], flatten(st), caption="Shared by every run (epsilon aside)")
-    return page
-
-
-def _ticks(values: Sequence[float]) -> dict[str, Any]:
-    """Ticks at the swept epsilons (a log axis's default minor labels crowd a short range)."""
-    vals = sorted(set(values))
-    return {"tickvals": vals, "ticktext": [f"{v:g}" for v in vals]} if vals else {}
-
-
-def _esc(s: Any) -> str:
-    import html
-
-    return html.escape(str(s))
-
-
-def _attr(s: Any) -> str:
-    import html
-
-    return html.escape(str(s), quote=True)
-
-
-def write_sweep_report(
-    doc: Mapping[str, Any], path: str | Path, *, compress: bool = True
-) -> tuple[int, int]:
-    """Writes the sweep's report; returns ``(bytes, figures)``."""
-    from simulations.report import write_page
-
-    return write_page(sweep_page(doc), Path(path), compress=compress)
-
-
-# --------------------------------------------------------------------------------------------
-# command line
-# --------------------------------------------------------------------------------------------
-
-
-def _epsilons(s: str) -> tuple[float, ...]:
-    try:
-        return parse_epsilons(s)
-    except ConfigError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The ``sweep`` flags: the epsilons, the sweep directory, and simulate's settings."""
-    p.add_argument(
-        "--epsilons",
-        required=True,
-        type=_epsilons,
-        help="comma-separated totals, e.g. 0.25,0.5,1,2,4,8",
-    )
-    p.add_argument(
-        "--out", required=True, type=Path, help="sweep directory (one run per epsilon inside)"
-    )
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="re-run every epsilon (default: reuse finished runs)",
-    )
-    p.add_argument("--run-reports", action="store_true", help="also write each run's report.html")
-    p.add_argument(
-        "--no-compress", action="store_true", help="inline plotly.js uncompressed (bigger file)"
-    )
-    add_run_settings(p)
-
-
-def options_from_args(args: argparse.Namespace) -> SweepOptions:
-    """The :class:`SweepOptions` of parsed ``sweep`` arguments."""
-    from common.config import (
-        AdapterConfig,
-        AnalyticsConfig,
-        ClusteringConfig,
-        PrivacyConfig,
-        RunConfig,
-    )
-    from simulations.simulate import SimulateOptions
-
-    run = RunConfig(
-        rounds=args.rounds,
-        fraction=args.fraction,
-        seed=args.seed,
-        privacy=PrivacyConfig(
-            epsilon=max(args.epsilons),
-            delta=args.delta,
-            mode=args.mode,
-            min_cohort_fraction=args.min_cohort_fraction,
-        ),
-        clustering=ClusteringConfig(tree_z=args.tree_z),
-        adapter=AdapterConfig(enabled=args.adapter),
-        analytics=AnalyticsConfig(
-            popularity=not args.no_popularity,
-            popularity_noise_factor=args.popularity_noise_factor,
-        ),
-    )
-    base = SimulateOptions(
-        dataset=args.dataset,
-        clients=args.clients,
-        out=Path(args.out),
-        run=run,
-        events_per_user=args.events_per_user,
-        cache=Path(args.cache) if args.cache else None,
-        taxonomy=Path(args.taxonomy) if args.taxonomy else None,
-        verbose=args.verbose,
-    )
-    return SweepOptions(
-        epsilons=tuple(args.epsilons),
-        out=Path(args.out),
-        base=base,
-        overwrite=args.overwrite,
-        run_reports=args.run_reports,
-        compress=not args.no_compress,
-    )

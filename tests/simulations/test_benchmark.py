@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from simulations.benchmark import SECTIONS, _minilm_parameters, _taxonomy_256, _TreeCPU
+from simulations.benchmark import SECTIONS
+from simulations.benchmark.bytes_up import minilm_parameters, taxonomy_256
+from simulations.benchmark.timing import TreeCPU
 
 
 def test_taxonomy_256_has_256_leaves(tmp_path: Path) -> None:
@@ -18,13 +20,13 @@ def test_taxonomy_256_has_256_leaves(tmp_path: Path) -> None:
     from common.vocabulary import load_taxonomy_tsv
 
     path = tmp_path / "t.tsv"
-    _taxonomy_256(path)
+    taxonomy_256(path)
     assert len(load_taxonomy_tsv(path).leaves) == 256
 
 
 def test_minilm_parameter_count() -> None:
     """The FedAvg baseline counts MiniLM-L6's ~22.7M parameters (~91 MB as float32)."""
-    n = _minilm_parameters()
+    n = minilm_parameters()
     assert 22_000_000 < n < 23_500_000
 
 
@@ -32,7 +34,7 @@ def test_tree_cpu_counts_children() -> None:
     """CPU seconds of a child's own child are counted."""
     code = "import subprocess, sys; subprocess.run([sys.executable, '-c', 'x = sum(range(30_000_000))'])"
     proc = subprocess.Popen([sys.executable, "-c", code])
-    with _TreeCPU(proc.pid, interval=0.05) as cpu:
+    with TreeCPU(proc.pid, interval=0.05) as cpu:
         proc.wait()
         time.sleep(0.1)
     assert cpu.seconds > 0.3

@@ -148,3 +148,103 @@ def test_labels_command_writes_a_label_space(tmp_path: Path) -> None:
     assert ls.vectors.shape == (len(ls.vocabulary.labels), 128) and len(ls.vocabulary.roots) == 24
     assert ls.projection_fingerprint == PublicProjection(384, 128).fingerprint
     assert ls.encoder_id.startswith("all-MiniLM-L6-v2:")
+
+
+def test_run_flags_default_to_the_dataclasses() -> None:
+    """`simulate` and `sweep` without flags run RunConfig()'s and SimulateOptions()'s defaults."""
+    from dataclasses import replace
+
+    from common.config import RunConfig
+    from simulations.cli import build_parser
+    from simulations.cli.simulate import (
+        run_config_from_args,
+        simulate_options_from_args,
+        sweep_options_from_args,
+    )
+    from simulations.simulate import SimulateOptions
+
+    args = build_parser().parse_args(["simulate"])
+    assert run_config_from_args(args) == RunConfig()
+    assert simulate_options_from_args(args, RunConfig()) == SimulateOptions(out=Path("run"))
+    sweep = sweep_options_from_args(
+        build_parser().parse_args(["sweep", "--epsilons", "0.5,2", "--out", "s"])
+    )
+    top = replace(RunConfig().privacy, epsilon=2.0)
+    assert sweep.base.run == replace(RunConfig(), privacy=top)
+    assert sweep.base == SimulateOptions(out=Path("s"), run=sweep.base.run)
+
+
+def test_run_flags_reach_the_run_config() -> None:
+    """Every run flag lands in its RunConfig field (the one mapping, for simulate and sweep)."""
+    from common.records import ReleaseMode
+    from simulations.cli import build_parser
+    from simulations.cli.simulate import run_config_from_args
+
+    shared = [
+        "--rounds", "3", "--fraction", "0.5", "--seed", "4", "--delta", "1e-6", "--mode", "local",
+        "--min-cohort-fraction", "0.5", "--tree-z", "1.5", "--adapter", "--no-popularity",
+        "--popularity-noise-factor", "2",
+    ]  # fmt: skip
+    own = ["--epsilon", "3", "--no-dp", "--robust", "median", "--round-attempts", "3",
+           "--histogram", "--top-k", "2"]  # fmt: skip
+    run = run_config_from_args(build_parser().parse_args(["simulate", *shared, *own]))
+    p, a = run.privacy, run.analytics
+    assert (run.rounds, run.fraction, run.seed, run.robust, run.round_attempts) == (
+        3, 0.5, 4, "median", 3,
+    )  # fmt: skip
+    assert (p.epsilon, p.delta, p.mode, p.no_dp, p.min_cohort_fraction) == (
+        3.0, 1e-6, ReleaseMode.LOCAL, True, 0.5,
+    )  # fmt: skip
+    assert run.clustering.tree_z == 1.5 and run.adapter.enabled
+    assert (a.popularity, a.histogram, a.top_k, a.popularity_noise_factor) == (False, True, 2, 2.0)
+    sweep = build_parser().parse_args(["sweep", "--epsilons", "1,4", "--out", "s", *shared])
+    swept = run_config_from_args(sweep, epsilon=4.0)
+    assert swept.privacy.epsilon == 4.0 and swept.analytics == run.analytics.__class__(
+        popularity=False, popularity_noise_factor=2.0
+    )
+    assert (swept.rounds, swept.privacy.mode, swept.clustering.tree_z) == (
+        3,
+        ReleaseMode.LOCAL,
+        1.5,
+    )
+
+
+def test_choices_match_the_libraries() -> None:
+    """The accountants and robust modes the CLI offers are the ones the library takes."""
+    from common.config import RunConfig
+    from common.errors import ConfigError
+    from common.privacy.accounting import Accountant
+    from simulations.cli.audit import ACCOUNTANTS
+    from simulations.cli.simulate import ROBUST_CHOICES
+
+    assert tuple(a.value for a in Accountant) == ACCOUNTANTS
+    assert all(RunConfig(robust=r).robust == r for r in ROBUST_CHOICES)
+    with pytest.raises(ConfigError):
+        RunConfig(robust="mean")
+
+
+def test_help_quotes_the_libraries_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    """A default left to a library (not imported to build the parser: it loads dp-accounting
+    or Flower) is quoted in the help as the library has it."""
+    import inspect
+
+    from client.app import DEFAULT_DEVICE_EPSILON
+    from client.encoder import EncoderConfig
+    from client.node import NodeSpec
+    from client.profile import segments
+    from client.store import EventStore
+    from simulations.simulate import SimulateOptions
+
+    ingest_batch = inspect.signature(EventStore.ingest).parameters["batch_size"].default
+    cases = [
+        (["simulate"], f"one per user (default {SimulateOptions().clients})"),
+        (["ingest"], f"(default: the store's, {ingest_batch})"),
+        (["encode"], f"(default: the encoder's, {EncoderConfig().batch_size})"),
+        (["profile"], f"(default {segments.__kwdefaults__['min_population']:g} devices)"),
+        (["node", "start"], f"(default {NodeSpec.__dataclass_fields__['port'].default})"),
+        (["node", "start"], f"epsilon (default {DEFAULT_DEVICE_EPSILON:g})"),
+    ]
+    for words, text in cases:
+        with pytest.raises(SystemExit):
+            main([*words, "--help"])
+        assert text in " ".join(capsys.readouterr().out.split()), (words, text)

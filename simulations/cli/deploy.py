@@ -23,7 +23,7 @@ from typing import Any
 from common.deployment import OFFLINE_ENV, flower_env
 from common.errors import ConfigError
 
-__all__ = ["add_deploy_parsers"]
+__all__ = ["add_parser", "run"]
 
 
 def _exec_or_print(cmd: Sequence[str], env: Mapping[str, str], *, show: bool) -> int:
@@ -61,7 +61,7 @@ def _own_home(args: argparse.Namespace, default: Path) -> Path:
 # -- server ------------------------------------------------------------------------------------
 
 
-def _cmd_certs(args: argparse.Namespace) -> int:
+def _certs(args: argparse.Namespace) -> int:
     from server.deploy import generate_certificates
 
     certs = generate_certificates(
@@ -77,7 +77,7 @@ def _cmd_certs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_superlink(args: argparse.Namespace) -> int:
+def _superlink(args: argparse.Namespace) -> int:
     from server.deploy import Certificates, superlink_command
 
     certs = Certificates.in_dir(args.certs)
@@ -87,7 +87,7 @@ def _cmd_superlink(args: argparse.Namespace) -> int:
     return _exec_or_print(cmd, env, show=args.print)
 
 
-def _cmd_connect(args: argparse.Namespace) -> int:
+def _connect(args: argparse.Namespace) -> int:
     from server.deploy import write_connection
 
     home = _home(args, Path.home() / ".flwr") or Path.home() / ".flwr"
@@ -99,7 +99,7 @@ def _cmd_connect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_register(args: argparse.Namespace) -> int:
+def _register(args: argparse.Namespace) -> int:
     from server.deploy import register_command
 
     cmd = register_command(args.public_key, connection=args.connection, name=args.name)
@@ -130,18 +130,28 @@ def _run_extra(pairs: Sequence[str]) -> dict[str, str | int | float | bool]:
     return out
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+def _run_config_key(part: str | None, name: str) -> str:
+    """A Flower run-config key, named as :meth:`common.config.RunConfig.to_run_config` names
+    it (``privacy.epsilon`` -> ``privacy-epsilon``)."""
+    return (f"{part}-{name}" if part else name).replace("_", "-")
+
+
+#: ``server run``'s flags -> the run-config keys they override
+_RUN_CONFIG_KEYS = {
+    "rounds": _run_config_key(None, "rounds"),
+    "epsilon": _run_config_key("privacy", "epsilon"),
+    "mode": _run_config_key("privacy", "mode"),
+    "min_cohort_fraction": _run_config_key("privacy", "min_cohort_fraction"),
+    "round_timeout": _run_config_key(None, "round_timeout"),
+    "seed": _run_config_key(None, "seed"),
+}
+
+
+def _server_run(args: argparse.Namespace) -> int:
     from server.deploy import parse_run_id, run_command, run_overrides, run_status
 
     extra: dict[str, Any] = {}
-    for flag, key in (
-        ("rounds", "rounds"),
-        ("epsilon", "privacy-epsilon"),
-        ("mode", "privacy-mode"),
-        ("min_cohort_fraction", "privacy-min-cohort-fraction"),
-        ("round_timeout", "round-timeout"),
-        ("seed", "seed"),
-    ):
+    for flag, key in _RUN_CONFIG_KEYS.items():
         v = getattr(args, flag)
         if v is not None:
             extra[key] = v
@@ -186,7 +196,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 # -- node --------------------------------------------------------------------------------------
 
 
-def _cmd_keygen(args: argparse.Namespace) -> int:
+def _keygen(args: argparse.Namespace) -> int:
     from client.node import generate_node_key
 
     key = generate_node_key(args.out, comment=args.comment)
@@ -199,7 +209,7 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_node_start(args: argparse.Namespace) -> int:
+def _node_start(args: argparse.Namespace) -> int:
     from client.node import NodeSpec, supernode_command
     from client.store import EventStore
 
@@ -209,9 +219,9 @@ def _cmd_node_start(args: argparse.Namespace) -> int:
         store=store,
         root_certificates=Path(args.root_certificates),
         private_key=Path(args.key),
-        port=args.port,
         budget_epsilon=args.budget,
         model_dir=args.model_dir,
+        **({} if args.port is None else {"port": args.port}),
     )
     env = flower_env(_own_home(args, store.resolve().parent / "flwr-home"))
     cmd = supernode_command(spec)
@@ -224,9 +234,34 @@ def _cmd_node_start(args: argparse.Namespace) -> int:
 # -- parsers -----------------------------------------------------------------------------------
 
 
-def add_deploy_parsers(sub: Any, out: argparse.ArgumentParser) -> None:
-    """Adds ``server`` and ``node`` to the ``fedinterest`` command line (``out``: the shared
-    ``--json``/``--quiet`` flags)."""
+_COMMANDS = {
+    ("server", "certs"): _certs,
+    ("server", "superlink"): _superlink,
+    ("server", "connect"): _connect,
+    ("server", "register"): _register,
+    ("server", "run"): _server_run,
+    ("node", "keygen"): _keygen,
+    ("node", "start"): _node_start,
+}
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs one ``server ...`` or ``node ...`` command."""
+    action = args.server_command if args.command == "server" else args.node_command
+    return _COMMANDS[(args.command, action)](args)
+
+
+def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
+    """Adds ``server`` and ``node`` to the ``fedinterest`` command line (``parents``: the
+    shared ``--json``/``--quiet`` flags)."""
+    import inspect
+
+    from common.records import ReleaseMode
+    from server.deploy import DEFAULT_CONNECTION, generate_certificates, superlink_command
+
+    certs_days = inspect.signature(generate_certificates).parameters["days"].default
+    certs_hosts = inspect.signature(generate_certificates).parameters["hosts"].default
+    link = inspect.signature(superlink_command).parameters
     home = argparse.ArgumentParser(add_help=False)
     home.add_argument(
         "--flwr-home",
@@ -238,7 +273,7 @@ def add_deploy_parsers(sub: Any, out: argparse.ArgumentParser) -> None:
     ssub = srv.add_subparsers(dest="server_command", required=True)
 
     c = ssub.add_parser(
-        "certs", parents=[out], help="create a CA and the SuperLink's TLS certificate"
+        "certs", parents=parents, help="create a CA and the SuperLink's TLS certificate"
     )
     c.add_argument(
         "--out", required=True, help="directory for ca.crt, ca.key, server.pem, server.key"
@@ -246,11 +281,13 @@ def add_deploy_parsers(sub: Any, out: argparse.ArgumentParser) -> None:
     c.add_argument(
         "--host",
         action="append",
-        help="a name or IP devices dial (repeat; default 127.0.0.1 and localhost)",
+        help=f"a name or IP devices dial (repeat; default {' and '.join(certs_hosts)})",
     )
-    c.add_argument("--days", type=int, default=365, help="validity in days (default 365)")
+    c.add_argument(
+        "--days", type=int, default=certs_days, help=f"validity in days (default {certs_days})"
+    )
     c.add_argument("--overwrite", action="store_true", help="replace existing files")
-    c.set_defaults(func=_cmd_certs)
+    c.set_defaults(handler=run)
 
     sl = ssub.add_parser(
         "superlink", parents=[home], help="run flower-superlink (TLS, node auth) in the foreground"
@@ -259,44 +296,55 @@ def add_deploy_parsers(sub: Any, out: argparse.ArgumentParser) -> None:
     sl.add_argument(
         "--database", required=True, help="SuperLink state file (node registrations, runs)"
     )
-    sl.add_argument("--host", default="0.0.0.0", help="bind address (default 0.0.0.0)")
-    sl.add_argument("--port", type=int, default=9093, help="the one HTTPS port (default 9093)")
+    host, port = link["host"].default, link["port"].default
+    sl.add_argument("--host", default=host, help=f"bind address (default {host})")
+    sl.add_argument("--port", type=int, default=port, help=f"the one HTTPS port (default {port})")
     sl.add_argument("--print", action="store_true", help="print the command instead of running it")
-    sl.set_defaults(func=_cmd_superlink)
+    sl.set_defaults(handler=run)
 
     cn = ssub.add_parser(
-        "connect", parents=[out, home], help="write the flwr CLI's connection to a SuperLink"
+        "connect", parents=[*parents, home], help="write the flwr CLI's connection to a SuperLink"
     )
     cn.add_argument("--address", required=True, help="the SuperLink's HOST:PORT")
     cn.add_argument("--root-certificates", required=True, help="the CA certificate (ca.crt)")
-    cn.add_argument("--name", default="fedinterest", help="connection name (default fedinterest)")
+    cn.add_argument(
+        "--name",
+        default=DEFAULT_CONNECTION,
+        help=f"connection name (default {DEFAULT_CONNECTION})",
+    )
     cn.add_argument("--overwrite", action="store_true", help="replace an existing config.toml")
-    cn.set_defaults(func=_cmd_connect)
+    cn.set_defaults(handler=run)
 
     rg = ssub.add_parser("register", parents=[home], help="admit a device's public key")
     rg.add_argument("public_key", help="the device's KEY.pub")
     rg.add_argument("--name", help="a name for the node")
     rg.add_argument(
-        "--connection", default="fedinterest", help="flwr connection (default fedinterest)"
+        "--connection",
+        default=DEFAULT_CONNECTION,
+        help=f"flwr connection (default {DEFAULT_CONNECTION})",
     )
-    rg.set_defaults(func=_cmd_register)
+    rg.set_defaults(handler=run)
 
     rn = ssub.add_parser(
-        "run", parents=[out, home], help="launch a fedinterest run on the SuperLink and wait for it"
+        "run",
+        parents=[*parents, home],
+        help="launch a fedinterest run on the SuperLink and wait for it",
     )
     rn.add_argument(
         "--run-dir", required=True, help="the server's run directory (on the SuperLink's machine)"
     )
     rn.add_argument("--labels", required=True, help="labels.npz from `fedinterest labels`")
     rn.add_argument(
-        "--connection", default="fedinterest", help="flwr connection (default fedinterest)"
+        "--connection",
+        default=DEFAULT_CONNECTION,
+        help=f"flwr connection (default {DEFAULT_CONNECTION})",
     )
     rn.add_argument(
         "--expected-nodes", type=int, default=None, help="devices to wait for before round 1"
     )
     rn.add_argument("--rounds", type=int, default=None)
     rn.add_argument("--epsilon", type=float, default=None, help="total event-level epsilon")
-    rn.add_argument("--mode", choices=["secagg", "local"], default=None)
+    rn.add_argument("--mode", choices=[m.value for m in ReleaseMode], default=None)
     rn.add_argument(
         "--min-cohort-fraction",
         type=float,
@@ -314,14 +362,14 @@ def add_deploy_parsers(sub: Any, out: argparse.ArgumentParser) -> None:
     rn.add_argument(
         "--print", action="store_true", help="print the flwr command instead of running it"
     )
-    rn.set_defaults(func=_cmd_run)
+    rn.set_defaults(handler=run)
 
     nd = sub.add_parser("node", help="deployment: this device's key and SuperNode")
     nsub = nd.add_subparsers(dest="node_command", required=True)
-    kg = nsub.add_parser("keygen", parents=[out], help="create the node's key pair (ECDSA P-384)")
+    kg = nsub.add_parser("keygen", parents=parents, help="create the node's key pair (ECDSA P-384)")
     kg.add_argument("--out", required=True, help="private key path (PATH.pub is the public key)")
     kg.add_argument("--comment", default=None)
-    kg.set_defaults(func=_cmd_keygen)
+    kg.set_defaults(handler=run)
 
     st = nsub.add_parser(
         "start", parents=[home], help="run flower-supernode bound to a store, in the foreground"
@@ -331,7 +379,10 @@ def add_deploy_parsers(sub: Any, out: argparse.ArgumentParser) -> None:
     st.add_argument("--root-certificates", required=True, help="the deployment's CA certificate")
     st.add_argument("--key", required=True, help="the node's private key (its .pub registered)")
     st.add_argument(
-        "--port", type=int, default=9094, help="local ClientApp I/O port (default 9094)"
+        "--port",
+        type=int,
+        default=None,
+        help="local ClientApp I/O port (default 9094)",
     )
     st.add_argument(
         "--budget",
@@ -345,4 +396,4 @@ def add_deploy_parsers(sub: Any, out: argparse.ArgumentParser) -> None:
         help="local Hugging Face model directory (default: bundled MiniLM)",
     )
     st.add_argument("--print", action="store_true", help="print the command instead of running it")
-    st.set_defaults(func=_cmd_node_start)
+    st.set_defaults(handler=run)
