@@ -31,20 +31,27 @@ def json_safe(o: Any) -> Any:
     return o
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Replaces ``path`` with ``data`` in one step (via ``path.tmp``)."""
+def atomic_write_bytes(path: str | Path, data: bytes) -> int:
+    """Replaces ``path`` with ``data`` in one step; returns the bytes written. The temporary
+    file (hidden, this process's own) is removed on any failure, leaving the target as it
+    was."""
     p = Path(path)
-    tmp = p.with_suffix(p.suffix + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, p)
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return len(data)
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Replaces ``path`` with ``text`` (UTF-8) in one step."""
-    atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: str | Path, text: str) -> int:
+    """Replaces ``path`` with ``text`` (UTF-8) in one step; returns the bytes written."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_append_text(path: str | Path, text: str) -> None:

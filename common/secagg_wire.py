@@ -2,7 +2,7 @@
 SecAgg+ workflow needs (flwr 1.42), and the compact upload of its masked vectors.
 
 The one place that knows it, used by both the server (:mod:`server.secagg`) and the device
-(:mod:`client.app`). Formerly ``common/legacy_layout.py`` (still an alias). flwr is imported
+(:mod:`client.app`). Formerly ``common/legacy_layout.py``. flwr is imported
 inside the functions: ``common`` stays importable without it.
 """
 

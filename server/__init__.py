@@ -10,7 +10,6 @@
 - :mod:`server.round_loop`: drives the rounds; :mod:`server.persistence`: the state read back
   and each round written once, at its end; :mod:`server.storage`: the SQLite database.
 - :mod:`server.app`, :mod:`server.deploy`: the Flower ServerApp and the deployment helpers.
-- :mod:`server.strategy`: the old import path of the round loop (aliases only).
 """
 
 __all__: list[str] = []

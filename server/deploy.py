@@ -31,6 +31,7 @@ from typing import Any
 from common.config import RunConfig
 from common.deployment import flower_executable, node_config_string
 from common.errors import ConfigError
+from common.jsonio import atomic_write_text
 
 __all__ = [
     "APP_DIR",
@@ -320,12 +321,6 @@ def run_status(
         return f"unknown ({(done.stderr or done.stdout).strip()[-300:]})"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 def _safe(o: Any) -> Any:
     if isinstance(o, float) and not math.isfinite(o):
         return str(o)
@@ -361,7 +356,7 @@ def write_run_config(
         "device_budget_epsilon": None,
         "device_budgets": {},
     }
-    _atomic_write(d / "config.json", json.dumps(_safe(doc), indent=1, default=str) + "\n")
+    atomic_write_text(d / "config.json", json.dumps(_safe(doc), indent=1, default=str) + "\n")
     return d / "config.json"
 
 
@@ -401,5 +396,5 @@ def write_run_metrics(
         "level2_nodes": len(h.level(2)) if h is not None else 0,
         "federated_seconds": round(sum(float(r.get("seconds", 0.0)) for r in rounds), 2),
     }
-    _atomic_write(d / "metrics.json", json.dumps(_safe(out), indent=1, sort_keys=True) + "\n")
+    atomic_write_text(d / "metrics.json", json.dumps(_safe(out), indent=1, sort_keys=True) + "\n")
     return out

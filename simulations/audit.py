@@ -39,10 +39,10 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import ConfigError, FedInterestError
+from common.jsonio import json_safe
 from common.privacy import LedgerEntry, Mechanism, Scope, epsilon_of_entries
 from common.records import ReleaseTask
 from server.storage import ServerStorage
-from server.strategy import json_safe
 from simulations.files import atomic_write_json
 
 __all__ = ["DeviceAudit", "audit_device", "audit_run", "guarantees", "record_empirical"]

@@ -41,7 +41,7 @@ from common.errors import ConfigError
 from common.events import Event, EventType, iter_records
 from common.features import weights_for_events
 from common.hierarchy import Hierarchy
-from common.jsonio import json_safe
+from common.jsonio import atomic_write_text, json_safe
 from common.privacy import gaussian_epsilon
 from common.projection import PublicProjection
 from common.vocabulary import LabelSpace, Vocabulary, default_vocabulary, load_taxonomy_tsv
@@ -522,13 +522,7 @@ def _write_config(
         "device_budget_epsilon": None if run.privacy.no_dp else run.privacy.device_budget_epsilon,
         "device_budgets": {str(k): v for k, v in opts.device_budgets.items()},
     }
-    _atomic_write(out / "config.json", json.dumps(json_safe(doc), indent=1, default=str) + "\n")
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(out / "config.json", json.dumps(json_safe(doc), indent=1, default=str) + "\n")
 
 
 def _check_resumable(out: Path) -> None:
@@ -547,7 +541,7 @@ def _rewrite_outputs_from_db(out: Path) -> None:
     with ServerStorage(out / "server.db") as st:
         rounds = st.rounds()
         h = st.latest_version()
-    _atomic_write(
+    atomic_write_text(
         out / "rounds.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rounds)
     )
     if h is not None:
@@ -669,7 +663,7 @@ def _finish(
             metrics["wall_seconds"] - encode_seconds - fl_seconds - evaluate_seconds, 2
         ),
     }
-    _atomic_write(
+    atomic_write_text(
         out / "metrics.json", json.dumps(json_safe(metrics), indent=1, sort_keys=True) + "\n"
     )
     cache.close()

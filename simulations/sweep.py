@@ -104,7 +104,7 @@ class SweepOptions:
 
 def _settings(base: Any) -> dict[str, Any]:
     """What must match for a finished run to be reused (everything but epsilon)."""
-    from server.strategy import json_safe
+    from common.jsonio import json_safe
 
     run = asdict(base.run)
     run["privacy"].pop("epsilon", None)

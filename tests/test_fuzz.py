@@ -23,7 +23,7 @@ from common.errors import ConfigError, InvalidEventError, InvalidReleaseError
 from common.events import read_csv, read_jsonl
 from common.hierarchy import Hierarchy
 from common.records import REPLY_ARRAYS, REPLY_META, SUMS, ReplyKeys, RoundKeys
-from server.strategy import validate_local_reply
+from server.replies import validate_local_reply
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -25,7 +25,8 @@ def run(quick: bool) -> list[dict[str, Any]]:
     from common.vocabulary import default_vocabulary
     from server.aggregation import AggregationConfig, aggregate_round, initial_state
     from server.hierarchy_builder import build_hierarchy
-    from server.strategy import _noise_norm_bound, validate_local_reply
+    from server.replies import validate_local_reply
+    from server.round import noise_norm_bound as _noise_norm_bound
     from simulations.simulate import default_cache_path, embed_labels
 
     enc = MiniLMEncoder()

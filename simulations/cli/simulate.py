@@ -156,7 +156,7 @@ def _simulate(args: argparse.Namespace) -> int:
         opts, progress=None if quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     )
     if args.json:
-        from server.strategy import json_safe
+        from common.jsonio import json_safe
 
         json.dump(json_safe(metrics), sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")

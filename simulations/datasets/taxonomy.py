@@ -13,7 +13,7 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Final
 
-__all__ = ["LEAF_TERMS", "ROOTS", "ROOT_TERMS", "leaf_paths"]
+__all__ = ["LEAF_TERMS", "ROOTS", "ROOT_TERMS"]
 
 _RAW: Final[dict[str, dict[str, str]]] = {
     "Sports": {
@@ -238,8 +238,3 @@ ROOT_TERMS: Final = MappingProxyType(
 )
 #: The roots, in a fixed order.
 ROOTS: Final[tuple[str, ...]] = tuple(_RAW)
-
-
-def leaf_paths() -> list[str]:
-    """All ``"Root > Leaf"`` paths, in a fixed order."""
-    return list(LEAF_TERMS)

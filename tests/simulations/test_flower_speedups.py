@@ -77,7 +77,7 @@ def test_masked_vectors_travel_compact() -> None:
     from flwr.common import bytes_to_ndarray, ndarray_to_bytes
     from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 
-    from common.legacy_layout import compact_masked_vectors, widen_masked_vectors
+    from common.secagg_wire import compact_masked_vectors, widen_masked_vectors
 
     rng = np.random.default_rng(0)
     arrays = [np.array([4194304], dtype=np.int64), rng.integers(0, 2**32, (257, 128))]

@@ -161,9 +161,9 @@ def test_secagg_sum_equals_the_sum_of_noisy_releases(tmp_path: Path) -> None:
     from flwr.serverapp import Grid, ServerApp
     from flwr.simulation import run_simulation
 
-    from common.legacy_layout import read_fitins, to_fitres
+    from common.secagg_wire import read_fitins, to_fitres
+    from server.collectors import MeteredGrid
     from server.secagg import secagg_sum
-    from server.strategy import MeteredGrid
 
     n, shape = 5, (4, 6)
     sent_dir = tmp_path / "sent"
