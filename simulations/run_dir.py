@@ -18,12 +18,28 @@ import json
 import os
 import shutil
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Any, Final
 
+from common.config import RunConfig
 from common.errors import ConfigError
+from common.jsonio import atomic_write_text, json_safe
+from simulations.options import SimulateOptions
 
-__all__ = ["RUN_MARKER", "RunStaging", "check_run_target", "is_run_dir"]
+if TYPE_CHECKING:
+    from common.vocabulary import Vocabulary
+
+__all__ = [
+    "RUN_MARKER",
+    "RunStaging",
+    "check_resumable",
+    "check_run_target",
+    "is_run_dir",
+    "options_from_run_dir",
+    "rewrite_outputs_from_db",
+    "write_config",
+]
 
 #: written first into every run directory: ``--overwrite`` replaces only directories holding it
 RUN_MARKER: Final[str] = ".fedinterest-run"
@@ -128,3 +144,98 @@ class RunStaging:
                     shutil.rmtree(child, ignore_errors=True)
                 else:
                     child.unlink(missing_ok=True)
+
+
+# -- a run's config.json and outputs, read back ------------------------------------------------
+
+
+def write_config(
+    out: Path, opts: SimulateOptions, run: RunConfig, clients: int, vocabulary: Vocabulary
+) -> None:
+    doc = {
+        "dataset": opts.dataset,
+        "clients": clients,
+        "events_per_user": opts.events_per_user,
+        "max_events_per_client": opts.max_events_per_client,
+        "holdout": opts.holdout,
+        "taxonomy": str(opts.taxonomy) if opts.taxonomy else None,
+        "run": asdict(run),
+        "vocabulary": vocabulary.name,
+        "device_budget_epsilon": None if run.privacy.no_dp else run.privacy.device_budget_epsilon,
+        "device_budgets": {str(k): v for k, v in opts.device_budgets.items()},
+    }
+    atomic_write_text(out / "config.json", json.dumps(json_safe(doc), indent=1, default=str) + "\n")
+
+
+def check_resumable(out: Path) -> None:
+    for name in ("config.json", "server.db", "labels.npz", "clients"):
+        if not (out / name).exists():
+            raise ConfigError(
+                f"cannot resume {str(out)!r}: it has no {name} (was it written by simulate?)."
+            )
+
+
+def rewrite_outputs_from_db(out: Path) -> None:
+    """After a crash, ``rounds.jsonl`` and ``hierarchy.json`` are rebuilt from the server's
+    database (the source of truth, written in one transaction per round)."""
+    from server.storage import ServerStorage
+
+    with ServerStorage(out / "server.db") as st:
+        rounds = st.rounds()
+        h = st.latest_version()
+    atomic_write_text(
+        out / "rounds.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rounds)
+    )
+    if h is not None:
+        h.save(out / "hierarchy.json")
+
+
+def options_from_run_dir(run_dir: str | Path, **over: Any) -> SimulateOptions:
+    """The options a run directory was written with (``config.json``), for resuming or
+    re-running it (e.g. the empirical audit). A corrupt or foreign file is a
+    :class:`ConfigError` naming the file and the field."""
+    d = Path(run_dir)
+    path = d / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"{str(d)!r} has no config.json.")
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise ConfigError(f"{str(path)!r} is not a JSON run config: {err}.") from err
+    try:
+        if not isinstance(cfg, dict) or not isinstance(cfg.get("run"), dict):
+            raise ConfigError("it must be an object with a `run` object.")
+        return _options_from_config(cfg, d, over)
+    except ConfigError as err:
+        raise ConfigError(f"{str(path)!r}: {err}") from err
+    except KeyError as err:
+        raise ConfigError(f"{str(path)!r} lacks the field {err}.") from err
+    except (TypeError, ValueError, AttributeError) as err:
+        raise ConfigError(f"{str(path)!r} has a field of the wrong type or value: {err}.") from err
+
+
+def _options_from_config(cfg: dict[str, Any], d: Path, over: dict[str, Any]) -> SimulateOptions:
+    from common.config import AdapterConfig, AnalyticsConfig, ClusteringConfig, PrivacyConfig
+
+    r = cfg["run"]
+    run = RunConfig(
+        **{
+            k: v for k, v in r.items() if k not in ("privacy", "clustering", "adapter", "analytics")
+        },
+        privacy=PrivacyConfig(**r["privacy"]),
+        clustering=ClusteringConfig(**r["clustering"]),
+        adapter=AdapterConfig(**r.get("adapter", {})),
+        analytics=AnalyticsConfig(**r.get("analytics", {})),
+    )
+    base = SimulateOptions(
+        dataset=cfg["dataset"],
+        clients=int(cfg["clients"]),
+        out=d,
+        run=run,
+        events_per_user=int(cfg.get("events_per_user", 60)),
+        max_events_per_client=cfg.get("max_events_per_client", 5000),
+        holdout=float(cfg.get("holdout", 0.2)),
+        taxonomy=Path(cfg["taxonomy"]) if cfg.get("taxonomy") else None,
+        device_budgets={int(k): float(v) for k, v in (cfg.get("device_budgets") or {}).items()},
+    )
+    return replace(base, **over)

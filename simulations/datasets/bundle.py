@@ -1,0 +1,93 @@
+"""A dataset as a simulation uses it: events plus the public item catalogue, loaded from a
+spec (``synthetic``, ``movielens``, ``mind:DIR``, ``events:FILE``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.errors import ConfigError
+from common.events import Event, EventType
+from simulations.datasets.loaders import load_events, load_mind, load_movielens
+
+__all__ = ["DatasetBundle", "load_bundle"]
+
+
+@dataclass
+class DatasetBundle:
+    """Events plus the public item catalogue of a dataset.
+
+    Attributes:
+        items: public catalogue, item id -> item text.
+        truth: the synthetic generator's ground truth (interests, drift times), if any.
+    """
+
+    name: str
+    events: list[Event]
+    items: dict[str, str]
+    rejected: int = 0
+    truth: Any = None
+
+    @property
+    def catalogue(self) -> list[str]:
+        """The distinct public item texts."""
+        return sorted(set(self.items.values()))
+
+
+def _sample_users(events: list[Event], clients: int, seed: int) -> list[Event]:
+    users = sorted({e.user_id for e in events})
+    if clients >= len(users):
+        return events
+    rng = np.random.default_rng(seed)
+    keep = {users[i] for i in rng.choice(len(users), size=clients, replace=False)}
+    return [e for e in events if e.user_id in keep]
+
+
+def load_bundle(spec: str, *, clients: int, seed: int, events_per_user: int = 60) -> DatasetBundle:
+    """Loads ``synthetic``, ``movielens``, ``mind:DIR`` or ``events:FILE``."""
+    kind, _, arg = spec.partition(":")
+    if kind == "synthetic":
+        from simulations.datasets.synthetic import SyntheticConfig, generate
+
+        ds = generate(SyntheticConfig(users=clients, seed=seed, events_per_user=events_per_user))
+        return DatasetBundle(
+            "synthetic", ds.events, {it.item_id: it.text for it in ds.items}, truth=ds.users
+        )
+    if kind == "movielens":
+        from simulations.datasets.loaders import movielens_items
+
+        events, rep = load_movielens(arg or None)
+        return DatasetBundle(
+            "movielens",
+            _sample_users(events, clients, seed),
+            movielens_items(arg or None),
+            rep.rejected,
+        )
+    if kind == "mind":
+        if not arg:
+            raise ConfigError(
+                "`--dataset mind:DIR` needs the directory with news.tsv and behaviors.tsv."
+            )
+        from simulations.datasets.loaders import mind_items
+
+        events, rep = load_mind(arg)
+        return DatasetBundle(
+            "mind", _sample_users(events, clients, seed), mind_items(arg), rep.rejected
+        )
+    if kind == "events":
+        if not arg:
+            raise ConfigError("`--dataset events:FILE.jsonl` needs a file.")
+        events, rep = load_events(arg)
+        events = _sample_users(events, clients, seed)
+        private = {EventType.SEARCH, EventType.REVIEW}
+        items: dict[str, str] = {}
+        for e in events:
+            if e.item_id is not None and e.event_type not in private:
+                items.setdefault(e.item_id, e.text)
+        return DatasetBundle(f"events:{Path(arg).name}", events, items, rep.rejected)
+    raise ConfigError(
+        f"`--dataset` must be synthetic, movielens, mind:DIR or events:FILE. Found {spec!r}."
+    )

@@ -1,0 +1,70 @@
+"""What ``fedinterest simulate`` runs (:class:`SimulateOptions`) and where it caches
+embeddings: a light module (no Flower, no torch), read by the CLI, the run directory helpers
+and the metrics."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common.config import RunConfig
+from common.events import Event
+
+__all__ = ["SimulateOptions", "default_cache_path"]
+
+
+def default_cache_path() -> Path:
+    """``$FEDINTEREST_CACHE``, else ``$XDG_CACHE_HOME/fedinterest``, else ``~/.cache/fedinterest``
+    (``embeddings.db`` inside)."""
+    env = os.environ.get("FEDINTEREST_CACHE")
+    if env:
+        return Path(env) / "embeddings.db"
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "fedinterest" / "embeddings.db"
+
+
+@dataclass(frozen=True)
+class SimulateOptions:
+    """What ``fedinterest simulate`` runs.
+
+    Attributes:
+        dataset: ``synthetic``, ``movielens``, ``mind:DIR`` or ``events:FILE.jsonl``.
+        clients: virtual clients (one per user; the first ``clients`` users of a real dataset
+            in a seeded random order).
+        out: the run directory.
+        run: the federated run's configuration.
+        events_per_user: median events per synthetic user.
+        max_events_per_client: each client keeps its latest events up to this cap.
+        cache: the shared embedding cache file.
+        taxonomy: a TSV label space instead of the project's vocabulary.
+        overwrite: replace an existing run directory.
+        noise_seed: seed the devices' DP noise (tests only: predictable noise is not private).
+        canaries: extra events per client index (the empirical audit's canaries).
+        device_budgets: per-client-index lifetime epsilon overriding the default budget.
+        evaluate: compute the metrics against the baselines (off for audit runs).
+        resume: continue the run in ``out`` from its last completed round (after a crash).
+        client_mods: Flower mods wrapped around every virtual device (fault injection in tests:
+            dropouts, poisoning).
+        holdout: share of each user's latest events held out from the federated run and the
+            baselines (the ranking and classification evaluation uses them).
+    """
+
+    dataset: str = "synthetic"
+    clients: int = 100
+    out: Path = Path("run")
+    run: RunConfig = field(default_factory=RunConfig)
+    events_per_user: int = 60
+    max_events_per_client: int | None = 5000
+    cache: Path | None = None
+    taxonomy: Path | None = None
+    overwrite: bool = False
+    noise_seed: int | None = None
+    verbose: bool = False
+    holdout: float = 0.2
+    canaries: dict[int, list[Event]] = field(default_factory=dict)
+    resume: bool = False
+    client_mods: tuple[Any, ...] = ()
+    device_budgets: dict[int, float] = field(default_factory=dict)
+    evaluate: bool = True
