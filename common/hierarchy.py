@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from common.errors import ConfigError
+from common.jsonio import atomic_write_text
 
 __all__ = ["MAX_HIERARCHY_BYTES", "Hierarchy", "Node", "NodeChange"]
 
@@ -206,9 +207,7 @@ class Hierarchy:
     def save(self, path: str | Path) -> None:
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_suffix(p.suffix + ".tmp")
-        tmp.write_text(self.to_json() + "\n", encoding="utf-8")
-        tmp.replace(p)
+        atomic_write_text(p, self.to_json() + "\n")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Hierarchy:
