@@ -321,12 +321,15 @@ def test_failed_write_leaves_no_temporary_file(
 ) -> None:
     """The atomic write removes its temporary file whatever fails (here: the final rename)."""
 
-    def no_rename(self: Path, target: object) -> Path:
+    def no_rename(src: object, dst: object) -> None:
         raise OSError(28, "No space left on device")
 
     out = tmp_path / "out"
     out.mkdir()
-    monkeypatch.setattr(Path, "replace", no_rename)
+    import common.jsonio
+
+    # the one atomic write (common.jsonio) renames with os.replace
+    monkeypatch.setattr(common.jsonio.os, "replace", no_rename)
     assert main(["report", str(run_copy), "--out", str(out / "r.html"), "--no-utility", "-q"]) == 1
     monkeypatch.undo()
     err = capsys.readouterr().err
