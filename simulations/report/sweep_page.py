@@ -28,6 +28,21 @@ def _series(
     ]
 
 
+def _federated_trace(x: Any, y: Any, *, first: bool) -> Any:
+    """The federated run's line in a panel of the sweep (its legend entry shown once)."""
+    import plotly.graph_objects as go
+
+    return go.Scatter(
+        x=x,
+        y=y,
+        mode="lines+markers",
+        name="federated",
+        line={"color": "#1f77b4", "width": 3},
+        legendgroup="fed",
+        showlegend=first,
+    )
+
+
 def _reference_line(
     fig: Any, eps: list[float], value: float | None, side: str, color: str, dash: str, col: int
 ) -> None:
@@ -107,19 +122,7 @@ def sweep_page(doc: Mapping[str, Any]) -> Any:
         fig = make_subplots(rows=1, cols=len(keys), subplot_titles=keys, shared_yaxes=True)
         for j, key in enumerate(keys, 1):
             x, y = _series(runs, "federated", key)
-            fig.add_trace(
-                go.Scatter(
-                    x=x,
-                    y=y,
-                    mode="lines+markers",
-                    name="federated",
-                    line={"color": "#1f77b4", "width": 3},
-                    legendgroup="fed",
-                    showlegend=j == 1,
-                ),
-                row=1,
-                col=j,
-            )
+            fig.add_trace(_federated_trace(x, y, first=j == 1), row=1, col=j)
             for side, dash, color in (
                 ("centralized", "dash", "#2ca02c"),
                 ("catalogue", "dot", "#9467bd"),
@@ -172,19 +175,7 @@ def sweep_page(doc: Mapping[str, Any]) -> Any:
                 finite_number(((r.get("ranking") or {}).get("federated") or {}).get(key))
                 for r in ok
             ]
-            fig.add_trace(
-                go.Scatter(
-                    x=x,
-                    y=y,
-                    mode="lines+markers",
-                    name="federated",
-                    line={"color": "#1f77b4", "width": 3},
-                    legendgroup="fed",
-                    showlegend=j == 1,
-                ),
-                row=1,
-                col=j,
-            )
+            fig.add_trace(_federated_trace(x, y, first=j == 1), row=1, col=j)
             for side, dash, color in (
                 ("centralized", "dash", "#2ca02c"),
                 ("popularity", "dot", "#ff7f0e"),
