@@ -43,6 +43,7 @@ import numpy.typing as npt
 
 from client.encoder import TextEncoder, encode_cached
 from client.local_clustering import assign_public
+from client.release_math import count_sum, histogram_sum, leaf_sum
 from client.store import EventStore
 from common.errors import ReleaseRefusedError
 from common.events import Event
@@ -63,10 +64,15 @@ __all__ = [
     "ReleaseOutcome",
     "ReleaseParams",
     "ReleaseRefusedError",
+    "checked_centroids",
+    "checked_groups",
     "count_release",
     "event_vectors",
     "histogram_release",
     "leaf_sums",
+    "nearest_group",
+    "public_projection",
+    "release_key",
     "release_round",
 ]
 
@@ -167,25 +173,11 @@ def release_round(
     """
     if budget is None and not params.non_private:
         raise ReleaseRefusedError("a DP release needs the device's privacy budget.")
-    projection = PublicProjection(encoder.dim, params.projection_dim, params.projection_seed)
-    if projection.fingerprint != params.projection_fingerprint:
-        raise ReleaseRefusedError(
-            f"the server's projection fingerprint {params.projection_fingerprint!r} differs from "
-            f"this device's {projection.fingerprint!r} for seed {params.projection_seed}; refusing to release."
-        )
-    c = np.asarray(centroids, dtype=np.float32)
-    if (
-        c.ndim != 2
-        or c.shape[1] != params.projection_dim
-        or c.shape[0] < 1
-        or not np.isfinite(c).all()
-    ):
-        raise ReleaseRefusedError(
-            f"centroids must be finite with shape (k, {params.projection_dim}). Found {c.shape}."
-        )
-    key = _STATE_RELEASE.format(round=params.server_round, version=params.hierarchy_version)
+    projection = public_projection(params, encoder.dim)
+    c = checked_centroids(params, centroids)
+    key = release_key(params)
 
-    def compute() -> npt.NDArray[np.float32]:
+    def compute() -> npt.NDArray[np.float64]:
         events = store.events()
         vectors = event_vectors(events, store, encoder, projection, adapter)
         weights = (
@@ -194,14 +186,20 @@ def release_round(
             else np.zeros(0)
         )
         assignment = assign_public(vectors, c, residual_threshold=params.residual_threshold)
-        return leaf_sums(
+        n = len(events)
+        # this device as a population of one (the batched engine calls the same function)
+        return leaf_sum(
             vectors,
-            weights,
             assignment,
+            np.arange(n),
+            weights,
+            np.zeros(n, dtype=np.int64),
+            1,
             c.shape[0] + 1,
             clipping_norm=params.clipping_norm,
             max_weight=min(params.max_weight, weighting.max_weight),
-        )
+            user_clipping_norm=params.user_clipping_norm,
+        ).total
 
     return _finalize(
         store,
@@ -215,12 +213,63 @@ def release_round(
     )
 
 
+def public_projection(params: ReleaseParams, encoder_dim: int) -> PublicProjection:
+    """The round's public projection, refused when its fingerprint differs from the server's
+    (the device and the server would not be in the same space)."""
+    projection = PublicProjection(encoder_dim, params.projection_dim, params.projection_seed)
+    if projection.fingerprint != params.projection_fingerprint:
+        raise ReleaseRefusedError(
+            f"the server's projection fingerprint {params.projection_fingerprint!r} differs from "
+            f"this device's {projection.fingerprint!r} for seed {params.projection_seed}; refusing to release."
+        )
+    return projection
+
+
+def checked_centroids(
+    params: ReleaseParams, centroids: npt.NDArray[np.floating]
+) -> npt.NDArray[np.float32]:
+    """The round's public centroids, refused unless finite with shape ``(k >= 1, d)``."""
+    c = np.asarray(centroids, dtype=np.float32)
+    if (
+        c.ndim != 2
+        or c.shape[1] != params.projection_dim
+        or c.shape[0] < 1
+        or not np.isfinite(c).all()
+    ):
+        raise ReleaseRefusedError(
+            f"centroids must be finite with shape (k, {params.projection_dim}). Found {c.shape}."
+        )
+    return c
+
+
+def checked_groups(
+    params: ReleaseParams, group_centroids: npt.NDArray[np.floating], top_k: int
+) -> npt.NDArray[np.float32]:
+    """The histogram's broad-interest centroids, refused unless ``(groups, d)`` with
+    ``1 <= top_k <= groups``."""
+    g = np.asarray(group_centroids, dtype=np.float32)
+    if g.ndim != 2 or g.shape[1] != params.projection_dim or not 1 <= top_k <= g.shape[0]:
+        raise ReleaseRefusedError(
+            f"histogram needs (groups, {params.projection_dim}) centroids and 1 <= k <= groups."
+        )
+    return g
+
+
+def release_key(params: ReleaseParams) -> str:
+    """The device state key of a release: its task, round and hierarchy version."""
+    if params.task is ReleaseTask.LEAF_SUMS:
+        return _STATE_RELEASE.format(round=params.server_round, version=params.hierarchy_version)
+    return _STATE_AUX.format(
+        task=params.task.value, round=params.server_round, version=params.hierarchy_version
+    )
+
+
 def _finalize(
     store: EventStore,
     params: ReleaseParams,
     key: str,
     shape: tuple[int, ...],
-    compute: Callable[[], npt.NDArray[np.float32]],
+    compute: Callable[[], npt.NDArray[np.float64]],
     budget: PrivacyBudget | None,
     rng: np.random.Generator,
     checkpoint: Callable[[str], None] | None,
@@ -270,18 +319,20 @@ def count_release(
         catalogue: the public item ids, in the server's order.
     """
     _check_task(params, ReleaseTask.ITEM_COUNTS)
-    key = _STATE_AUX.format(
-        task=params.task.value, round=params.server_round, version=params.hierarchy_version
-    )
+    key = release_key(params)
     index = {item: i for i, item in enumerate(catalogue)}
 
-    def compute() -> npt.NDArray[np.float32]:
-        out = np.zeros(len(catalogue), dtype=np.float32)
-        for e in store.iter_events():
-            i = index.get(e.item_id or "")
-            if i is not None:
-                out[i] += 1.0
-        return out
+    def compute() -> npt.NDArray[np.float64]:
+        items = np.fromiter(
+            (index.get(e.item_id or "", -1) for e in store.iter_events()), dtype=np.int64
+        )
+        return count_sum(
+            items,
+            np.zeros(len(items), dtype=np.int64),
+            1,
+            len(catalogue),
+            user_clipping_norm=params.user_clipping_norm,
+        ).total
 
     return _finalize(store, params, key, (len(catalogue),), compute, budget, rng, None)
 
@@ -304,29 +355,40 @@ def histogram_release(
     sensitivity sqrt(2), user-level sensitivity 1.
     """
     _check_task(params, ReleaseTask.HISTOGRAM)
-    projection = PublicProjection(encoder.dim, params.projection_dim, params.projection_seed)
-    g = np.asarray(group_centroids, dtype=np.float32)
-    if g.ndim != 2 or g.shape[1] != params.projection_dim or not 1 <= top_k <= g.shape[0]:
-        raise ReleaseRefusedError(
-            f"histogram needs (groups, {params.projection_dim}) centroids and 1 <= k <= groups."
-        )
-    key = _STATE_AUX.format(
-        task=params.task.value, round=params.server_round, version=params.hierarchy_version
-    )
+    projection = public_projection(params, encoder.dim)
+    g = checked_groups(params, group_centroids, top_k)
+    key = release_key(params)
 
-    def compute() -> npt.NDArray[np.float32]:
-        out = np.zeros(g.shape[0], dtype=np.float32)
+    def compute() -> npt.NDArray[np.float64]:
         events = store.events()
-        if not events:
-            return out
-        vectors = event_vectors(events, store, encoder, projection, adapter)
-        weights = weights_for_events(events, reference_time=0.0, config=RELEASE_WEIGHTING)
-        mass = np.bincount(np.argmax(vectors @ g.T, axis=1), weights=weights, minlength=g.shape[0])
-        top = np.argsort(-mass)[:top_k]
-        out[top] = 1.0 / math.sqrt(top_k)
-        return out
+        n = len(events)
+        if n:
+            vectors = event_vectors(events, store, encoder, projection, adapter)
+            groups = nearest_group(vectors, g)
+            weights = weights_for_events(events, reference_time=0.0, config=RELEASE_WEIGHTING)
+        else:
+            groups, weights = np.zeros(0, dtype=np.int64), np.zeros(0)
+        return histogram_sum(
+            groups,
+            np.arange(n),
+            weights,
+            np.zeros(n, dtype=np.int64),
+            1,
+            g.shape[0],
+            top_k=top_k,
+            user_clipping_norm=params.user_clipping_norm,
+        ).total
 
     return _finalize(store, params, key, (g.shape[0],), compute, budget, rng, None)
+
+
+def nearest_group(
+    vectors: npt.NDArray[np.float32], group_centroids: npt.NDArray[np.float32]
+) -> npt.NDArray[np.int64]:
+    """Each vector's nearest broad-interest centroid (the histogram's partition; no residual
+    row: every event counts for some group)."""
+    out: npt.NDArray[np.int64] = np.argmax(vectors @ group_centroids.T, axis=1).astype(np.int64)
+    return out
 
 
 def _check_task(params: ReleaseParams, task: ReleaseTask) -> None:

@@ -61,17 +61,21 @@ class EventTable:
     text: npt.NDArray[np.int32]
     item: npt.NDArray[np.int32]
     category: npt.NDArray[np.int32]
-    dwell: npt.NDArray[np.float32]
-    value: npt.NDArray[np.float32]
+    dwell: npt.NDArray[np.float64]
+    value: npt.NDArray[np.float64]
     event_ids: list[str] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         n = len(self.user)
         for name in ("timestamp", "event_type", "text", "item", "category", "dwell", "value"):
             if len(getattr(self, name)) != n:
-                raise ConfigError(f"column `{name}` has {len(getattr(self, name))} rows; `user` has {n}.")
+                raise ConfigError(
+                    f"column `{name}` has {len(getattr(self, name))} rows; `user` has {n}."
+                )
         if self.event_ids is not None and len(self.event_ids) != n:
-            raise ConfigError(f"`event_ids` has {len(self.event_ids)} entries; the table has {n} rows.")
+            raise ConfigError(
+                f"`event_ids` has {len(self.event_ids)} entries; the table has {n} rows."
+            )
         if n and (np.diff(self.user) < 0).any():
             raise ConfigError("rows must be grouped by user, in user order.")
 
@@ -115,9 +119,10 @@ class EventTable:
             item=item,
             category=cat,
             dwell=np.array(
-                [nan if e.dwell_seconds is None else e.dwell_seconds for e in flat], dtype=np.float32
+                [nan if e.dwell_seconds is None else e.dwell_seconds for e in flat],
+                dtype=np.float64,
             ),
-            value=np.array([nan if e.value is None else e.value for e in flat], dtype=np.float32),
+            value=np.array([nan if e.value is None else e.value for e in flat], dtype=np.float64),
             event_ids=[e.event_id for e in flat],
         )
 

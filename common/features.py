@@ -96,7 +96,7 @@ class WeightingConfig:
 
 
 def event_weights(
-    event_types: Sequence[EventType | str],
+    event_types: Sequence[EventType | str] | npt.NDArray[np.integer],
     timestamps: npt.ArrayLike,
     *,
     dwell_seconds: npt.ArrayLike | None = None,
@@ -107,7 +107,7 @@ def event_weights(
     """Weight of each event, in ``(0, max_weight]``.
 
     Args:
-        event_types: shape ``(n,)``.
+        event_types: shape ``(n,)``: event types, or their codes into ``tuple(EventType)``.
         timestamps: unix seconds, shape ``(n,)``.
         dwell_seconds: shape ``(n,)``, NaN where unknown.
         values: ratings or prices, shape ``(n,)``, NaN where unknown.
@@ -119,10 +119,16 @@ def event_weights(
         shape ``(n,)``.
     """
     cfg = config if config is not None else WeightingConfig()
-    n = len(event_types)
-    base = np.fromiter(
-        (cfg.type_weights[EventType(t)] for t in event_types), dtype=np.float64, count=n
-    )
+    order = tuple(EventType)
+    if isinstance(event_types, np.ndarray) and np.issubdtype(event_types.dtype, np.integer):
+        # a column of codes into ``tuple(EventType)`` (common.event_table): no Python loop
+        codes = event_types.astype(np.int64)
+    else:
+        index = {t: i for i, t in enumerate(order)}
+        codes = np.fromiter(
+            (index[EventType(t)] for t in event_types), dtype=np.int64, count=len(event_types)
+        )
+    base = np.array([cfg.type_weights[t] for t in order], dtype=np.float64)[codes]
     w = base
     if dwell_seconds is not None:
         d = np.asarray(dwell_seconds, dtype=np.float64)
@@ -134,8 +140,7 @@ def event_weights(
     if values is not None:
         v = np.asarray(values, dtype=np.float64)
         rated = np.isin(
-            np.asarray([EventType(t).value for t in event_types]),
-            [EventType.RATE.value, EventType.REVIEW.value],
+            codes, [order.index(EventType.RATE), order.index(EventType.REVIEW)]
         ) & np.isfinite(v)
         f = np.where(rated, 0.5 + np.clip(np.nan_to_num(v) / cfg.rating_scale, 0.0, 1.0), 1.0)
         w = w * f

@@ -41,13 +41,18 @@ __all__ = [
     "COUNTS",
     "HISTOGRAM",
     "MESSAGE_QUERY_HISTOGRAM",
+    "MESSAGE_QUERY_ROSTER",
     "MESSAGE_TRAIN_ADAPTER",
     "MESSAGE_TRAIN_COUNTS",
     "MESSAGE_TRAIN_INTERESTS",
+    "MESSAGE_TRAIN_SHARD",
     "RELEASE_ARRAYS",
     "REPLY_ARRAYS",
     "REPLY_META",
     "ROUND_CONFIG",
+    "SHARD_META",
+    "SHARD_SUM",
+    "SHARD_USERS",
     "SUMS",
     "TASK_SENSITIVITY",
     "AdapterKeys",
@@ -56,6 +61,7 @@ __all__ = [
     "ReplyKeys",
     "ReplyStatus",
     "RoundKeys",
+    "ShardKeys",
     "decode_ids",
     "encode_ids",
 ]
@@ -67,6 +73,32 @@ MESSAGE_TRAIN_ADAPTER: Final = "train.adapter"
 #: Local-mode message types of the item-count and histogram releases.
 MESSAGE_TRAIN_COUNTS: Final = "train.counts"
 MESSAGE_QUERY_HISTOGRAM: Final = "query.histogram"
+#: The batched simulation engine (one virtual node per shard of simulated devices, not a
+#: deployment path): the server asks each shard for its users' global indices, then sends it
+#: each release request with the members it samples; the shard answers with the noisy sum of
+#: their releases (:mod:`client.shard`, :class:`server.collectors.BatchedCollector`).
+MESSAGE_QUERY_ROSTER: Final = "query.roster"
+MESSAGE_TRAIN_SHARD: Final = "train.shard"
+#: Array record (and array) of the members / users of a shard, int64 global indices.
+SHARD_USERS: Final = "users"
+#: Array record (and array) of a shard's noisy sum, float64.
+SHARD_SUM: Final = "shard_sum"
+#: Config record of a shard's reply (:class:`ShardKeys`).
+SHARD_META: Final = "shard_meta"
+
+
+class ShardKeys:
+    """Keys of :data:`SHARD_META`."""
+
+    SHARD: Final = "shard"
+    USABLE: Final = "usable"
+    STATUSES: Final = "statuses"
+    ERROR: Final = "error"
+    RAY_NODE: Final = "ray-node"
+    SECONDS: Final = "seconds"
+    REUSED: Final = "reused"
+
+
 #: The catalogue's item ids travel as one uint8 array (UTF-8, newline-separated): Flower's
 #: legacy SecAgg+ config cannot carry lists (see :func:`encode_ids` / :func:`decode_ids`).
 CATALOGUE_KEY: Final = "catalogue"

@@ -22,6 +22,7 @@ from flwr.serverapp import Grid, ServerApp
 from common.config import RunConfig
 from common.errors import ConfigError
 from common.vocabulary import LabelSpace
+from server.collectors import ReleaseCollector
 from server.round import RoundSummary, ServerConfig
 from server.round_loop import RoundLoop
 from server.storage import ServerStorage
@@ -44,9 +45,11 @@ def build_server_app(
     on_done: Callable[[list[RoundSummary]], None] | None = None,
     on_reply: Callable[[Any], None] | None = None,
     catalogue: list[str] | None = None,
+    collector: Callable[[Grid], ReleaseCollector] | None = None,
 ) -> ServerApp:
     """A ServerApp running the rounds (:class:`server.round_loop.RoundLoop`) with the given
-    settings (simulation)."""
+    settings (simulation); ``collector`` builds the release collector from the (metered)
+    grid (default: the run's mode, :func:`server.collectors.collector_for`)."""
     server = ServerApp()
 
     @server.main()
@@ -60,6 +63,7 @@ def build_server_app(
                 expected_nodes=expected_nodes,
                 on_round=on_round,
                 on_reply=on_reply,
+                collector_factory=collector,
             ).run(grid, context)
         if on_done is not None:
             on_done(summaries)

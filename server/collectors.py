@@ -57,7 +57,15 @@ log = logging.getLogger("fedinterest.server")
 class ReleaseCollector(Protocol):
     """Sends one release request to its cohort and returns the cohort's sum."""
 
+    def population(self) -> list[int]:
+        """The ids of the devices a cohort is sampled from."""
+        ...
+
     def collect(self, request: ReleaseRequest) -> ReleaseSum: ...
+
+
+def _node_ids(grid: Grid) -> list[int]:
+    return sorted(int(n) for n in grid.get_node_ids())
 
 
 class MeteredGrid(Grid):
@@ -136,6 +144,9 @@ class LocalCollector:
         self.robust = robust
         self.trim_fraction = trim_fraction
 
+    def population(self) -> list[int]:
+        return _node_ids(self.grid)
+
     def collect(self, request: ReleaseRequest) -> ReleaseSum:
         cfg = request.config
         config_record: dict[str, Any] = cfg.to_record()
@@ -206,6 +217,9 @@ class SecAggCollector:
         self.grid = grid
         self.context = context
         self.timeout = timeout
+
+    def population(self) -> list[int]:
+        return _node_ids(self.grid)
 
     def collect(self, request: ReleaseRequest) -> ReleaseSum:
         cfg = request.config

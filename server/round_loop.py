@@ -69,6 +69,8 @@ class RoundLoop:
         on_reply: called with every reply message the server receives (egress checks).
         collector: how releases are collected (default: the run's mode,
             :func:`server.collectors.collector_for`).
+        collector_factory: builds the collector from the metered grid instead (the batched
+            simulation engine's :class:`server.batched.BatchedCollector`).
     """
 
     def __init__(
@@ -82,6 +84,7 @@ class RoundLoop:
         on_round: Callable[[RoundSummary], None] | None = None,
         on_reply: Callable[[Message], None] | None = None,
         collector: ReleaseCollector | None = None,
+        collector_factory: Callable[[Grid], ReleaseCollector] | None = None,
     ) -> None:
         self.config = config
         self.storage = storage
@@ -91,6 +94,7 @@ class RoundLoop:
         self.on_round = on_round
         self.on_reply = on_reply
         self.collector = collector
+        self.collector_factory = collector_factory
 
     def wait_for_nodes(self, grid: Grid) -> list[int]:
         deadline = time.monotonic() + self.wait_timeout
@@ -104,9 +108,15 @@ class RoundLoop:
         """Runs the remaining rounds; returns their summaries (one per attempt)."""
         run = self.config.run
         metered = MeteredGrid(grid, self.on_reply)
-        collector = self.collector or collector_for(metered, context, run)
+        if self.collector is not None:
+            collector = self.collector
+        elif self.collector_factory is not None:
+            collector = self.collector_factory(metered)
+        else:
+            collector = collector_for(metered, context, run)
         state = load_state(self.storage, self.config)
-        nodes = self.wait_for_nodes(grid)
+        self.wait_for_nodes(grid)
+        nodes = collector.population()
         if len(nodes) < run.min_clients:
             raise InvalidReleaseError(
                 f"only {len(nodes)} devices registered within {self.wait_timeout:.0f}s; "
@@ -116,7 +126,7 @@ class RoundLoop:
         start = last_completed_round(self.storage, state) + 1
         for server_round in range(start, run.rounds + 1):
             for attempt in range(1, run.round_attempts + 1):
-                nodes = sorted(int(n) for n in grid.get_node_ids())
+                nodes = collector.population()
                 state, summary = self.run_round(
                     metered, collector, state, server_round, nodes, attempt=attempt
                 )

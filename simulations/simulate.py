@@ -25,7 +25,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +35,16 @@ from client.encoder import EncoderConfig, MiniLMEncoder, TextEncoder, encode_cac
 from client.store import EmbeddingCache, EventStore
 from common.config import RunConfig
 from common.errors import ConfigError
+from common.event_table import EventTable
 from common.events import Event, iter_records
 from common.hierarchy import Hierarchy
 from common.jsonio import atomic_write_text, json_safe
 from common.projection import PublicProjection
 from common.vocabulary import LabelSpace, Vocabulary, default_vocabulary, load_taxonomy_tsv
 from server.round import RoundSummary
-from simulations.datasets.bundle import DatasetBundle, load_bundle
+from simulations.datasets.bundle import DatasetBundle, load_bundle, load_population
 from simulations.datasets.loaders import partition_by_user
-from simulations.options import SimulateOptions, default_cache_path
+from simulations.options import Engine, SimulateOptions, default_cache_path
 from simulations.profile_eval import temporal_split
 from simulations.run_dir import (
     RunStaging,
@@ -140,6 +141,7 @@ class _DeviceRecipe:
     noise_seed: int | None
     overrides: tuple[tuple[int, float], ...]
     mods: tuple[Any, ...]
+    shards: bool = False
 
 
 #: The ClientApps this process built, by recipe token (one per simulation per Ray actor).
@@ -159,16 +161,25 @@ def _client_app(recipe: _DeviceRecipe) -> Any:
         from client.app import build_client_app
         from simulations.flower_speedups import speedups_mod
 
-        app = build_client_app(
-            _settings_resolver(
-                Path(recipe.root),
-                recipe.budget,
-                recipe.allow_no_dp,
-                recipe.noise_seed,
-                dict(recipe.overrides),
-            ),
-            mods=[speedups_mod, *recipe.mods],
-        )
+        if recipe.shards:
+            from client.shard_app import build_shard_app
+            from simulations.engines.batched import shard_recipe_resolver
+
+            app = build_shard_app(
+                shard_recipe_resolver(recipe.root, recipe.allow_no_dp, recipe.noise_seed),
+                mods=list(recipe.mods),
+            )
+        else:
+            app = build_client_app(
+                _settings_resolver(
+                    Path(recipe.root),
+                    recipe.budget,
+                    recipe.allow_no_dp,
+                    recipe.noise_seed,
+                    dict(recipe.overrides),
+                ),
+                mods=[speedups_mod, *recipe.mods],
+            )
         app.__class__ = _recipe_app_class()
         setattr(app, "_fedinterest_recipe", recipe)  # noqa: B010
         _CLIENT_APPS[recipe.token] = app
@@ -256,20 +267,36 @@ def _simulate(
         say(
             "WARNING: --no-dp: releases carry NO noise; epsilon is infinite. Never use this with real users."
         )
-    bundle = load_bundle(
-        opts.dataset, clients=opts.clients, seed=run.seed, events_per_user=opts.events_per_user
-    )
-    parts = partition_by_user(bundle.events, max_events_per_client=opts.max_events_per_client)
-    if len(parts) < run.min_clients:
-        raise ConfigError(
-            f"the dataset has {len(parts)} users; a run needs at least {run.min_clients}."
+    table = None
+    if opts.engine is Engine.BATCHED:
+        _check_batched(opts)
+        table, bundle = load_population(
+            opts.dataset,
+            clients=opts.clients,
+            seed=run.seed,
+            events_per_user=opts.events_per_user,
+            max_events_per_client=opts.max_events_per_client,
         )
+        users = table.num_users
+    else:
+        bundle = load_bundle(
+            opts.dataset, clients=opts.clients, seed=run.seed, events_per_user=opts.events_per_user
+        )
+        parts = partition_by_user(bundle.events, max_events_per_client=opts.max_events_per_client)
+        users = len(parts)
+    if users < run.min_clients:
+        raise ConfigError(f"the dataset has {users} users; a run needs at least {run.min_clients}.")
     staging = RunStaging(target, resume=opts.resume)
     rounds_started: list[bool] = []
     try:
-        metrics = _simulate_into(
-            staging.path, opts, vocabulary, bundle, parts, say, t0, on_reply, rounds_started
-        )
+        if table is not None:
+            metrics = _simulate_batched_into(
+                staging.path, opts, vocabulary, bundle, table, say, t0, on_reply, rounds_started
+            )
+        else:
+            metrics = _simulate_into(
+                staging.path, opts, vocabulary, bundle, parts, say, t0, on_reply, rounds_started
+            )
     except BaseException as err:
         # a replacement never lands half-done; a fresh run that reached its rounds stays for
         # --resume (unless it failed with a plain error before them)
@@ -335,14 +362,7 @@ def _simulate_into(
         stores = _prepare_stores(out, train, encoder, cache)
 
     summaries: list[RoundSummary] = []
-
-    def on_round(s: RoundSummary) -> None:
-        summaries.append(s)
-        eps = "inf" if not math.isfinite(s.epsilon_event_level) else f"{s.epsilon_event_level:.3f}"
-        say(
-            f"round {s.server_round}/{run.rounds}: {s.status}, {s.usable}/{s.sampled} releases, "
-            f"{s.live_leaves} fine / {s.level1_nodes} broad interests, event-level epsilon {eps}, {s.seconds:.1f}s"
-        )
+    on_round = _round_printer(run, say, summaries)
 
     if not opts.resume:
         write_config(out, opts, run, len(parts), vocabulary)
@@ -357,12 +377,167 @@ def _simulate_into(
     return _finish(data, summaries, t0, encode_seconds, fl_seconds)
 
 
+def _round_printer(
+    run: RunConfig, say: Callable[[str], None], summaries: list[RoundSummary]
+) -> Callable[[RoundSummary], None]:
+    """Collects each round's summary and prints its progress line."""
+
+    def on_round(s: RoundSummary) -> None:
+        summaries.append(s)
+        eps = "inf" if not math.isfinite(s.epsilon_event_level) else f"{s.epsilon_event_level:.3f}"
+        say(
+            f"round {s.server_round}/{run.rounds}: {s.status}, {s.usable}/{s.sampled} releases, "
+            f"{s.live_leaves} fine / {s.level1_nodes} broad interests, event-level epsilon {eps}, {s.seconds:.1f}s"
+        )
+
+    return on_round
+
+
+def _check_batched(opts: SimulateOptions) -> None:
+    """What the batched engine does not simulate is refused, naming the option."""
+    run = opts.run
+    refusals = {
+        "--adapter (the adapter trains per device with Opacus)": run.adapter.enabled,
+        "canaries (the empirical audit runs on --engine devices)": bool(opts.canaries),
+        "client mods (fault injection acts on device messages)": bool(opts.client_mods),
+        f"--robust {run.robust} (needs each device's release)": run.robust != "none",
+    }
+    bad = [name for name, on in refusals.items() if on]
+    if bad:
+        raise ConfigError(
+            f"--engine batched does not support {'; '.join(bad)}. Use --engine devices."
+        )
+    if opts.workers is not None and not (isinstance(opts.workers, int) and opts.workers >= 1):
+        raise ConfigError(f"`--workers` must be an int >= 1. Found {opts.workers!r}.")
+
+
+def _simulate_batched_into(
+    out: Path,
+    opts: SimulateOptions,
+    vocabulary: Vocabulary,
+    bundle: DatasetBundle,
+    table: EventTable,
+    say: Callable[[str], None],
+    t0: float,
+    on_reply: Callable[[Any], None] | None,
+    rounds_started: list[bool],
+) -> dict[str, Any]:
+    """The batched engine's run (:mod:`simulations.engines.batched`)."""
+    from server.batched import BatchedCollector
+    from simulations.engines.batched import (
+        EvaluationSample,
+        default_workers,
+        shard_path,
+        write_shards,
+    )
+
+    run = opts.run
+    if opts.resume:
+        say(f"resuming {out}")
+    _quiet_runtime(opts.verbose)
+    train_t, test_t = table.temporal_split(opts.holdout)
+    n_users = table.num_users
+    say(
+        f"dataset {bundle.name}: {len(train_t)} training events of {n_users} users "
+        f"({0 if test_t is None else len(test_t)} held out), {len(bundle.items)} catalogue items"
+    )
+    encoder = MiniLMEncoder(EncoderConfig(num_threads=os.cpu_count() or 1))
+    cache = EmbeddingCache.open(opts.cache or default_cache_path())
+    projection = PublicProjection(
+        encoder.dim, run.clustering.projection_dim, run.clustering.projection_seed
+    )
+    texts = sorted(
+        set(table.texts) | set(bundle.catalogue) | {lab.text for lab in vocabulary.labels}
+    )
+    missing = len(texts) - len(cache.get(encoder.model_id, _hashes(texts)))
+    say(f"embedding {missing} new texts ({len(texts) - missing} cached)")
+    t_enc = time.perf_counter()
+    encode_cached(encoder, cache, texts, progress=_bar(missing, "encode") if missing else None)
+    encode_seconds = time.perf_counter() - t_enc
+    labels = embed_labels(vocabulary, encoder, cache, projection)
+    workers = min(opts.workers or default_workers(), n_users)
+    root = out / "clients"
+    if opts.resume:
+        shards = sorted(root.glob("shard-*.db"))
+        if shards != [shard_path(root, i) for i in range(workers)]:
+            raise ConfigError(
+                f"{str(out)!r} has {len(shards)} shard stores; the run had {workers}."
+            )
+        rewrite_outputs_from_db(out)
+    else:
+        labels.save(out / "labels.npz")
+        p = run.privacy
+        budgets = np.full(n_users, np.nan if p.no_dp else p.device_budget_epsilon)
+        for idx, eps in opts.device_budgets.items():
+            if not 0 <= idx < n_users:
+                raise ConfigError(f"a device budget names user {idx}; the run has {n_users}.")
+            budgets[idx] = eps
+        say(f"writing {workers} shard stores ({n_users} devices)")
+        shards = write_shards(
+            root, train_t, workers, cache=cache, model_id=encoder.model_id, budgets=budgets
+        )
+        write_config(out, opts, run, n_users, vocabulary)
+    summaries: list[RoundSummary] = []
+    collectors: list[BatchedCollector] = []
+
+    def collector(grid: Any) -> BatchedCollector:
+        c = BatchedCollector(grid, timeout=run.round_timeout)
+        collectors.append(c)
+        return c
+
+    t_fl = time.perf_counter()
+    rounds_started.append(True)
+    _run_flower(
+        run,
+        labels,
+        out,
+        shards,
+        opts,
+        _round_printer(run, say, summaries),
+        on_reply,
+        bundle.items,
+        shards=True,
+        collector=collector,
+    )
+    fl_seconds = time.perf_counter() - t_fl
+    say(f"evaluating on {min(n_users, opts.eval_users)} of {n_users} users")
+    sample = EvaluationSample.draw(n_users, opts.eval_users, run.seed)
+    train = train_t.take_users(sample.users).user_events()
+    test: dict[str, list[Event]] = {u: [] for u in train}
+    if test_t is not None:
+        index = {u: i for i, u in enumerate(test_t.users)}
+        picked = np.array([index[u] for u in train if u in index], dtype=np.int64)
+        test.update(test_t.take_users(picked).user_events())
+    truth = bundle.truth
+    if truth is not None:
+        truth = [u for u in truth if getattr(u, "user_id", None) in train]
+    data = RunData(
+        opts, run, replace(bundle, truth=truth),
+        [e for evs in train.values() for e in evs], [e for evs in test.values() for e in evs],
+        train, test, encoder, cache, projection, labels, n_users, out,
+    )  # fmt: skip
+    extra = {
+        "engine": {
+            "name": Engine.BATCHED.value,
+            "workers": collectors[-1].workers() if collectors else [],
+            "not_simulated": "SecAgg+ masking, key agreement and per-stage dropouts "
+            "(the secure sum is an exact sum); message bytes are per shard, not per device",
+        },
+        "events": len(train_t),
+        "evaluation": sample.describe(),
+        "bytes_up_per_client_per_round": None,
+        "bytes_down_per_client_per_round": None,
+    }
+    return _finish(data, summaries, t0, encode_seconds, fl_seconds, extra)
+
+
 def _finish(
     data: RunData,
     summaries: list[RoundSummary],
     t0: float,
     encode_seconds: float,
     fl_seconds: float,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     opts, out = data.opts, data.out
     if opts.resume:
@@ -384,6 +559,7 @@ def _finish(
         )
     t_eval = time.perf_counter()
     metrics = run_metrics(data, h, summaries)
+    metrics.update(extra or {"engine": {"name": Engine.DEVICES.value}})
     evaluate_seconds = time.perf_counter() - t_eval
     metrics["wall_seconds"] = round(time.perf_counter() - t0, 2)
     metrics["timing"] = {
@@ -430,7 +606,12 @@ def _run_flower(
     on_round: Callable[[RoundSummary], None],
     on_reply: Callable[[Any], None] | None = None,
     items: dict[str, str] | None = None,
+    *,
+    shards: bool = False,
+    collector: Callable[[Any], Any] | None = None,
 ) -> None:
+    """Runs the rounds on Flower's simulation engine: one virtual node per store in
+    ``stores`` (device stores, or the batched engine's shard stores with ``shards``)."""
     from flwr.simulation import run_simulation
 
     from server.app import build_server_app
@@ -439,7 +620,7 @@ def _run_flower(
     p = run.privacy
     budget = None if p.no_dp else p.device_budget_epsilon
     root = stores[0].parent if stores else out / "clients"
-    if any(path != _store_path(root, i) for i, path in enumerate(stores)):
+    if not shards and any(path != _store_path(root, i) for i, path in enumerate(stores)):
         raise ConfigError(f"device stores must be {root}/client-NNNNN.db, numbered from 0.")
     client = _client_app(
         _DeviceRecipe(
@@ -450,6 +631,7 @@ def _run_flower(
             noise_seed=opts.noise_seed,
             overrides=tuple(sorted(opts.device_budgets.items())),
             mods=tuple(opts.client_mods),
+            shards=shards,
         )
     )
     catalogue = sorted(items) if items else None
@@ -461,6 +643,7 @@ def _run_flower(
         on_round=on_round,
         on_reply=on_reply,
         catalogue=catalogue,
+        collector=collector,
     )
     init_args: dict[str, Any] = {
         "logging_level": "ERROR" if not opts.verbose else "INFO",

@@ -10,10 +10,11 @@ from typing import Any
 import numpy as np
 
 from common.errors import ConfigError
+from common.event_table import EventTable
 from common.events import Event, EventType
 from simulations.datasets.loaders import load_events, load_mind, load_movielens
 
-__all__ = ["DatasetBundle", "load_bundle"]
+__all__ = ["DatasetBundle", "load_bundle", "load_population"]
 
 
 @dataclass
@@ -91,3 +92,25 @@ def load_bundle(spec: str, *, clients: int, seed: int, events_per_user: int = 60
     raise ConfigError(
         f"`--dataset` must be synthetic, movielens, mind:DIR or events:FILE. Found {spec!r}."
     )
+
+
+def load_population(
+    spec: str,
+    *,
+    clients: int,
+    seed: int,
+    events_per_user: int = 60,
+    max_events_per_client: int | None = None,
+) -> tuple[EventTable, DatasetBundle]:
+    """A dataset as one :class:`~common.event_table.EventTable` (users in id order, each
+    user's events in time order, at most its latest ``max_events_per_client``) and its bundle
+    without the event list (the batched engine: no Python object per event)."""
+    from dataclasses import replace
+
+    from simulations.datasets.loaders import partition_by_user
+
+    bundle = load_bundle(spec, clients=clients, seed=seed, events_per_user=events_per_user)
+    table = EventTable.from_events(
+        partition_by_user(bundle.events, max_events_per_client=max_events_per_client)
+    )
+    return table, replace(bundle, events=[])

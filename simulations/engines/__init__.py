@@ -1,0 +1,1 @@
+"""Simulation engines: how ``fedinterest simulate`` maps devices onto Flower nodes."""
