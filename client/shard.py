@@ -180,8 +180,11 @@ class ShardDevices:
             releasing = self._admit(params, entry, local, asked, released_before, statuses)
             sel = np.zeros(len(self.data.users), dtype=bool)
             sel[releasing] = True
-            summed = per_user(sel)
             m = int(sel.sum())
+            if m == 0:
+                # nobody releases: nothing computed, nothing recorded
+                return ShardOutcome(None, 0, dict(statuses), seconds=time.perf_counter() - t0)
+            summed = per_user(sel)
             total = summed.total + self._noise(params, m, summed.total.shape)
             statuses[ReplyStatus.OK.value] += m
             out_users = self.data.users[releasing]
@@ -193,9 +196,7 @@ class ShardDevices:
         self._latest = mech
         for i in releasing:
             self._ledgers[i] = (*self._ledgers[i], mech)
-        return ShardOutcome(
-            total if m else None, m, dict(statuses), seconds=time.perf_counter() - t0
-        )
+        return ShardOutcome(total, m, dict(statuses), seconds=time.perf_counter() - t0)
 
     def _admit(
         self,

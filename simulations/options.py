@@ -29,6 +29,9 @@ class Engine(str, enum.Enum):
     """One virtual node per worker hosting a shard of the devices, the secure sum simulated by
     an exact sum (:mod:`simulations.engines.batched`)."""
 
+    def __str__(self) -> str:
+        return self.value
+
 
 def default_cache_path() -> Path:
     """``$FEDINTEREST_CACHE``, else ``$XDG_CACHE_HOME/fedinterest``, else ``~/.cache/fedinterest``

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Final
 from common.config import RunConfig
 from common.errors import ConfigError
 from common.jsonio import atomic_write_text, json_safe
-from simulations.options import SimulateOptions
+from simulations.options import DEFAULT_EVAL_USERS, Engine, SimulateOptions
 
 if TYPE_CHECKING:
     from common.vocabulary import Vocabulary
@@ -163,6 +163,9 @@ def write_config(
         "vocabulary": vocabulary.name,
         "device_budget_epsilon": None if run.privacy.no_dp else run.privacy.device_budget_epsilon,
         "device_budgets": {str(k): v for k, v in opts.device_budgets.items()},
+        "engine": opts.engine.value,
+        "workers": opts.workers,
+        "eval_users": opts.eval_users,
     }
     atomic_write_text(out / "config.json", json.dumps(json_safe(doc), indent=1, default=str) + "\n")
 
@@ -237,5 +240,8 @@ def _options_from_config(cfg: dict[str, Any], d: Path, over: dict[str, Any]) -> 
         holdout=float(cfg.get("holdout", 0.2)),
         taxonomy=Path(cfg["taxonomy"]) if cfg.get("taxonomy") else None,
         device_budgets={int(k): float(v) for k, v in (cfg.get("device_budgets") or {}).items()},
+        engine=Engine(cfg.get("engine", Engine.DEVICES.value)),
+        workers=None if cfg.get("workers") is None else int(cfg["workers"]),
+        eval_users=int(cfg.get("eval_users", DEFAULT_EVAL_USERS)),
     )
     return replace(base, **over)

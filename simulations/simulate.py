@@ -476,7 +476,8 @@ def _simulate_batched_into(
         shards = write_shards(
             root, train_t, workers, cache=cache, model_id=encoder.model_id, budgets=budgets
         )
-        write_config(out, opts, run, n_users, vocabulary)
+        # the resolved worker count: a resume needs the same shards on any machine
+        write_config(out, replace(opts, workers=workers), run, n_users, vocabulary)
     summaries: list[RoundSummary] = []
     collectors: list[BatchedCollector] = []
 

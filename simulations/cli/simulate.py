@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from common.config import AdapterConfig, AnalyticsConfig, ClusteringConfig, PrivacyConfig, RunConfig
 from common.records import ReleaseMode
+from simulations import options as _options
 from simulations.cli.base import (
     Parser,
     UsageError,
@@ -63,7 +64,7 @@ _PARTS: dict[str, type] = {
     "adapter": AdapterConfig,
 }
 #: SimulateOptions fields whose flags default to None: the dataclass's default applies
-_OPTION_FLAGS = ("dataset", "clients", "events_per_user")
+_OPTION_FLAGS = ("dataset", "clients", "events_per_user", "engine", "workers", "eval_users")
 
 
 def run_config_from_args(args: argparse.Namespace, *, epsilon: float | None = None) -> RunConfig:
@@ -97,6 +98,8 @@ def simulate_options_from_args(
     from simulations.simulate import SimulateOptions
 
     given = {k: getattr(args, k) for k in _OPTION_FLAGS if getattr(args, k) is not None}
+    if "engine" in given:
+        given["engine"] = _options.Engine(given["engine"])
     return SimulateOptions(
         out=Path(args.out),
         run=run,
@@ -312,6 +315,29 @@ def add_run_settings(p: argparse.ArgumentParser) -> None:
         type=positive_int,
         default=None,
         help="virtual clients, one per user (default 100)",
+    )
+    o = _options.SimulateOptions()
+    p.add_argument(
+        "--engine",
+        choices=[e.value for e in _options.Engine],
+        default=None,
+        help="devices: one Flower node per device, real SecAgg+ (~70 ms a device and round); "
+        "batched: one node per worker hosting a shard of devices, the secure sum simulated "
+        f"exactly (10^3-10^5 devices; docs/performance.md) (default {o.engine.value})",
+    )
+    p.add_argument(
+        "--workers",
+        type=positive_int,
+        default=None,
+        help="batched engine: shard nodes (default: one per CPU; with RAY_ADDRESS, set it to the "
+        "cluster's CPUs)",
+    )
+    p.add_argument(
+        "--eval-users",
+        type=positive_int,
+        default=None,
+        help="batched engine: metrics on a seeded sample of this many users when the population "
+        f"is larger (default {o.eval_users})",
     )
     p.add_argument(
         "--rounds",
