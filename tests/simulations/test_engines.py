@@ -50,11 +50,6 @@ def _run(tmp: Path, engine: Engine, *, no_dp: bool, cache: Path) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("cache") / "embeddings.db"
-
-
 def test_without_noise_both_engines_build_the_same_trees(tmp_path: Path, cache: Path) -> None:
     a = _run(tmp_path, Engine.DEVICES, no_dp=True, cache=cache)
     b = _run(tmp_path, Engine.BATCHED, no_dp=True, cache=cache)
