@@ -10,6 +10,7 @@ checks that none is left running.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -69,10 +70,8 @@ def stop_cluster(marks: tuple[str, ...], grace: float = 10.0) -> set[int]:
     """SIGTERM, then SIGKILL after ``grace`` seconds; returns what is still alive."""
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
         for pid in cluster_processes(marks):
-            try:
+            with contextlib.suppress(OSError):
                 os.kill(pid, sig)
-            except OSError:
-                pass
         deadline = time.monotonic() + wait
         while cluster_processes(marks) and time.monotonic() < deadline:
             time.sleep(0.2)
