@@ -19,6 +19,7 @@ from simulations.benchmark import (
     client,
     encoder,
     ingest,
+    scale,
     secagg,
     server,
     simulate,
@@ -36,6 +37,7 @@ SECTIONS: dict[str, Callable[[bool], list[dict[str, Any]]]] = {
     "secagg": secagg.run,
     "bytes": bytes_up.run,
     "simulate": simulate.run,
+    "scale": scale.run,
 }
 
 

@@ -22,6 +22,7 @@ __all__ = ["main", "run_simulation", "simulate_child"]
 def simulate_child(spec: dict[str, Any]) -> dict[str, Any]:
     """Runs one simulation (in the fresh process :func:`run_simulation` starts)."""
     from common.config import AnalyticsConfig, PrivacyConfig, RunConfig
+    from simulations.options import DEFAULT_EVAL_USERS, Engine
     from simulations.simulate import SimulateOptions, simulate
 
     run = RunConfig(
@@ -38,11 +39,23 @@ def simulate_child(spec: dict[str, Any]) -> dict[str, Any]:
             overwrite=True,
             taxonomy=taxonomy,
             evaluate=bool(spec.get("evaluate", True)),
+            engine=Engine(spec.get("engine", Engine.DEVICES.value)),
+            workers=spec.get("workers"),
+            eval_users=int(spec.get("eval_users", DEFAULT_EVAL_USERS)),
+            cache=Path(spec["cache"]) if spec.get("cache") else None,
         )
     )
     with open(Path(spec["out"]) / "rounds.jsonl", encoding="utf-8") as f:
         rounds = [json.loads(line) for line in f]
-    keep = ("wall_seconds", "timing", "rounds_completed", "clients", "events")
+    keep = (
+        "wall_seconds",
+        "timing",
+        "rounds_completed",
+        "clients",
+        "events",
+        "ratio",
+        "evaluation",
+    )
     out = {k: m[k] for k in keep if k in m}
     out["rounds"] = [
         {k: r[k] for k in ("server_round", "seconds", "sampled", "bytes_up", "bytes_down")}
@@ -71,6 +84,7 @@ def run_simulation(spec: dict[str, Any]) -> dict[str, Any]:
     res: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     res["process_wall_s"] = time.perf_counter() - t0
     res["cpu_s"] = cpu.seconds
+    res["peak_rss_mb"] = cpu.peak_rss / 2**20
     res["load_before"] = load
     res["load_after"] = load_average()
     return res

@@ -41,6 +41,10 @@ class TreeCPU:
         self.pid = pid
         self.interval = interval
         self._seen: dict[int, float] = {}
+        #: the largest sum of resident set sizes over the tree seen in one sample, in bytes
+        #: (pages shared between processes are counted in each: an upper bound)
+        self.peak_rss = 0
+        self._page = os.sysconf("SC_PAGE_SIZE")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._tick = os.sysconf("SC_CLK_TCK")
@@ -48,6 +52,7 @@ class TreeCPU:
     def _sample(self) -> None:
         parent: dict[int, int] = {}
         cpu: dict[int, float] = {}
+        rss: dict[int, int] = {}
         for d in os.listdir("/proc"):
             if not d.isdigit():
                 continue
@@ -58,6 +63,7 @@ class TreeCPU:
                 continue
             parent[int(d)] = int(fields[1])
             cpu[int(d)] = (int(fields[11]) + int(fields[12])) / self._tick
+            rss[int(d)] = int(fields[21]) * self._page
         tree = {self.pid}
         changed = True
         while changed:
@@ -69,6 +75,7 @@ class TreeCPU:
         for pid in tree:
             if pid in cpu:
                 self._seen[pid] = max(self._seen.get(pid, 0.0), cpu[pid])
+        self.peak_rss = max(self.peak_rss, sum(rss.get(pid, 0) for pid in tree))
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):

@@ -239,12 +239,21 @@ def _print_run_summary(run_dir: Path, metrics: dict[str, Any]) -> None:
             print(f"{name:<20}" + "".join(f"{ranking[c][key]:>13.3f}" for c in sides))
     eps = metrics["epsilon_event_level_total"]
     eps_s = eps if isinstance(eps, str) else f"{eps:.3f}"
+    up = metrics.get("bytes_up_per_client_per_round")
+    engine = metrics.get("engine") or {}
+    cost = (
+        f"{up / 1024:.1f} KiB up per client per round"
+        if up is not None
+        else f"{engine.get('name', '?')} engine on {len(engine.get('workers') or [])} shard nodes"
+    )
     print(
         f"\nmode {metrics['mode']}, event-level epsilon {eps_s} (delta {metrics['delta']:g}) over "
         f"{metrics['rounds_completed']}/{metrics['rounds']} rounds, {metrics['clients']} clients, "
-        f"{metrics['bytes_up_per_client_per_round'] / 1024:.1f} KiB up per client per round, "
-        f"{metrics['wall_seconds']:.0f}s"
+        f"{cost}, {metrics['wall_seconds']:.0f}s"
     )
+    sample = metrics.get("evaluation") or {}
+    if sample and sample.get("users") != sample.get("population"):
+        print(f"evaluation: {sample['note']} (seed {sample['seed']})")
     print(f"wrote {run_dir}/hierarchy.json, metrics.json, rounds.jsonl")
 
 

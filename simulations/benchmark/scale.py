@@ -1,0 +1,117 @@
+"""Section ``scale``: how many devices a simulation reaches on this machine.
+
+1. **Per device and round, both engines in the same run**: ``simulate --engine devices`` (one
+   Flower node per device, real SecAgg+) and ``--engine batched`` (one node per CPU hosting a
+   shard) on the same population, each in a fresh process; the cost of a device-round is the
+   federated phase's wall time (and the whole process tree's CPU time) divided by devices x
+   rounds.
+2. **The batched engine at 1,000, 10,000 and 100,000 devices x 5 rounds** (``--quick``: 1,000
+   and 10,000): wall time of the whole run, of each phase, and the peak resident memory of the
+   process tree (driver, Ray, actors; pages shared between processes counted in each, so an
+   upper bound).
+
+Texts are cached beforehand (each size's texts are embedded before its timed run), as the
+targets assume; the encode column shows the rest.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from simulations.benchmark.simulation_process import run_simulation
+from simulations.benchmark.timing import load_average
+
+__all__ = ["run"]
+
+
+def _warm_cache(clients: int, seed: int) -> float:
+    """Embeds every text a run of ``clients`` synthetic users needs; returns the seconds."""
+    from client.encoder import EncoderConfig, MiniLMEncoder, encode_cached
+    from client.store import EmbeddingCache
+    from common.vocabulary import default_vocabulary
+    from simulations.datasets.bundle import load_population
+    from simulations.options import default_cache_path
+
+    t0 = time.perf_counter()
+    table, bundle = load_population("synthetic", clients=clients, seed=seed)
+    texts = sorted(
+        set(table.texts) | set(bundle.catalogue) | {lab.text for lab in default_vocabulary().labels}
+    )
+    enc = MiniLMEncoder(EncoderConfig())
+    cache = EmbeddingCache.open(default_cache_path())
+    encode_cached(enc, cache, texts)
+    cache.close()
+    return time.perf_counter() - t0
+
+
+def _row(case: str, clients: int, rounds: int, res: dict[str, Any]) -> dict[str, Any]:
+    t = res["timing"]
+    device_rounds = clients * rounds
+    ratio = res.get("ratio") or {}
+    return {
+        "section": "scale",
+        "case": case,
+        "load": res["load_before"],
+        "wall_s": res["process_wall_s"],
+        "federated_s": t["federated_seconds"],
+        "ms_per_device_round": 1000 * t["federated_seconds"] / device_rounds,
+        "cpu_ms_per_device_round": 1000 * res["cpu_s"] / device_rounds,
+        "prepare_s": t.get("prepare_seconds", float("nan")),
+        "evaluate_s": t.get("evaluate_seconds", float("nan")),
+        "encode_s": t["encode_seconds"],
+        "peak_rss_mb": res["peak_rss_mb"],
+        "ratio_nmi_l1": ratio.get("nmi_level1") or float("nan"),
+        "ratio_item_nmi_l2": ratio.get("item_nmi_level2") or float("nan"),
+    }
+
+
+def run(quick: bool) -> list[dict[str, Any]]:
+    """Both engines side by side, then the batched engine up to 100,000 devices."""
+    rows: list[dict[str, Any]] = []
+    side = (50, 2) if quick else (200, 3)
+    sizes = (1_000, 10_000) if quick else (1_000, 10_000, 100_000)
+    with tempfile.TemporaryDirectory() as d:
+        clients, rounds = side
+        _warm_cache(clients, 0)
+        per: dict[str, float] = {}
+        for engine in ("devices", "batched"):
+            res = run_simulation(
+                {
+                    "clients": clients,
+                    "rounds": rounds,
+                    "engine": engine,
+                    "out": str(Path(d) / f"side-{engine}"),
+                }
+            )
+            row = _row(f"{engine}: {clients} devices x {rounds} rounds", clients, rounds, res)
+            per[engine] = row["ms_per_device_round"]
+            rows.append(row)
+        rows.append(
+            {
+                "section": "scale",
+                "case": "devices / batched, per device-round (same population, same run)",
+                "load": load_average(),
+                "speedup": per["devices"] / per["batched"],
+            }
+        )
+        for clients in sizes:
+            print(f"  scale: warming the cache for {clients} devices", file=sys.stderr, flush=True)
+            _warm_cache(clients, 0)
+            print(f"  scale: batched, {clients} devices x 5 rounds", file=sys.stderr, flush=True)
+            res = run_simulation(
+                {
+                    "clients": clients,
+                    "rounds": 5,
+                    "engine": "batched",
+                    "out": str(Path(d) / f"batched-{clients}"),
+                }
+            )
+            rows.append(_row(f"batched: {clients} devices x 5 rounds", clients, 5, res))
+            rounds_s = [r["seconds"] for r in res["rounds"]]
+            rows[-1]["round_median_s"] = statistics.median(rounds_s) if rounds_s else float("nan")
+    return rows
