@@ -22,6 +22,7 @@ from simulations.benchmark import (
     secagg,
     server,
     simulate,
+    synthetic,
 )
 
 __all__ = ["SECTIONS", "main"]
@@ -36,6 +37,7 @@ SECTIONS: dict[str, Callable[[bool], list[dict[str, Any]]]] = {
     "secagg": secagg.run,
     "bytes": bytes_up.run,
     "simulate": simulate.run,
+    "synthetic": synthetic.run,
 }
 
 
