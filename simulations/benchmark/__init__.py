@@ -28,11 +28,14 @@ Sections, one module each (each has ``run(quick) -> rows``):
   its whole process tree included) for 100 clients x 5 rounds and, full run only, 1,000
   clients x 5 rounds, against the centralized non-private pipeline on the same data; with
   both sizes, a linear model of the round time extrapolated to 100,000 clients.
+- ``synthetic``: seconds, peak RSS and distinct texts of the synthetic generator's column
+  path (a separate process) at 1,000 / 10,000 users (quick) or 10,000 / 100,000 (full run).
 
 Beside the sections: :mod:`.timing` (medians, load, CPU of a process tree, peak memory),
 :mod:`.fixtures` (texts, device stores, round configs), and the entry points of the fresh
 processes some sections measure (:mod:`.ingest_process`, :mod:`.device_process`,
-:mod:`.simulation_process`); :mod:`.runner` holds :data:`SECTIONS` and :func:`main`.
+:mod:`.simulation_process`, :mod:`.synthetic_process`); :mod:`.runner` holds :data:`SECTIONS`
+and :func:`main`.
 """
 
 from simulations.benchmark.runner import SECTIONS, main

@@ -23,6 +23,7 @@ from simulations.benchmark import (
     secagg,
     server,
     simulate,
+    synthetic,
 )
 
 __all__ = ["SECTIONS", "main"]
@@ -37,6 +38,7 @@ SECTIONS: dict[str, Callable[[bool], list[dict[str, Any]]]] = {
     "secagg": secagg.run,
     "bytes": bytes_up.run,
     "simulate": simulate.run,
+    "synthetic": synthetic.run,
     "scale": scale.run,
 }
 

@@ -109,6 +109,16 @@ def load_population(
 
     from simulations.datasets.loaders import partition_by_user
 
+    if spec == "synthetic":
+        from simulations.datasets.synthetic import SyntheticConfig, generate_table
+
+        syn = generate_table(
+            SyntheticConfig(users=clients, seed=seed, events_per_user=events_per_user)
+        )
+        bundle = DatasetBundle(
+            "synthetic", [], {it.item_id: it.text for it in syn.items}, truth=syn.users
+        )
+        return syn.table.latest(max_events_per_client), bundle
     bundle = load_bundle(spec, clients=clients, seed=seed, events_per_user=events_per_user)
     table = EventTable.from_events(
         partition_by_user(bundle.events, max_events_per_client=max_events_per_client)

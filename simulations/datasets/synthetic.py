@@ -6,6 +6,19 @@ and review catalogue items of those leaves, and write **private free text** (sea
 and reviews) that no catalogue holds. A configurable share of users drifts: mid-way their
 interests switch to a new set. Every event carries its ground-truth ``category`` path.
 
+The events are drawn as columns (:func:`generate_table`, an
+:class:`~common.event_table.EventTable`): every per-event choice (explore or interest leaf,
+item, type, dwell, value, time) is one numpy draw over all events, and only each user's few
+interests are drawn in a Python loop, so 100,000 users take seconds, not hours.
+:func:`generate` turns the same table into :class:`~common.events.Event` objects for the small
+populations that devices and tests use.
+
+Private texts come from **finite per-leaf pools** (:data:`SEARCHES_PER_LEAF` queries and
+:data:`REVIEWS_PER_LEAF` reviews, drawn once per dataset by
+:mod:`simulations.datasets.synthetic_text`, which writes the catalogue too): users share a
+catalogue of texts, so the number of distinct texts, and the cost of embedding them, is
+bounded by the catalogue plus the pools whatever the number of users.
+
 Everything is drawn from one seeded ``numpy`` generator: the same arguments give the same
 events, byte for byte.
 """
@@ -18,117 +31,51 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 
 from common.errors import ConfigError
+from common.event_table import EVENT_TYPES, EventTable
 from common.events import Event, EventType
-from simulations.datasets.taxonomy import LEAF_TERMS, ROOT_TERMS
+from simulations.datasets.synthetic_text import (
+    SyntheticItem,
+    make_catalogue,
+    review_pool,
+    root_of,
+    search_pool,
+)
+from simulations.datasets.taxonomy import LEAF_TERMS
 
 __all__ = [
+    "REVIEWS_PER_LEAF",
+    "SEARCHES_PER_LEAF",
     "SyntheticConfig",
     "SyntheticDataset",
     "SyntheticItem",
+    "SyntheticTable",
     "SyntheticUser",
+    "event_id",
     "generate",
+    "generate_table",
     "write_jsonl",
 ]
 
 _DAY = 86400.0
 
-_ARTICLE = (
-    "{n} things nobody tells you about {a}",
-    "Why {a} is changing how people think about {b}",
-    "A beginner's guide to {a} and {b}",
-    "The surprising history of {a}",
-    "{A} vs {b}: which one is right for you?",
-    "Everything you need to know about {a} this year",
-    "How I got into {a}, and what I would do differently",
-    "Expert tips for getting more out of {a}",
-    "Inside the world of {a}: {b} and beyond",
-    "Is {a} worth it? An honest look at {b}",
-    "The complete checklist for {a}",
-    "{n} common mistakes with {a} and how to avoid them",
-    "What {aud} should know before trying {a}",
-    "{A}: the trends to watch, from {b} to {c}",
-)
-_PRODUCT = (
-    "{brand} {a}, {adj} edition",
-    "{Adj} {a} bundle with {b}",
-    "{brand} {a}: {adj} and made for {b}",
-    "{A} starter kit by {brand}",
-    "Set of {n}: {adj} {a}",
-    "{brand} {adj} {a} for {aud}",
-)
-_MEDIA = (
-    "Watch: {a} explained in {n} minutes",
-    "Live stream: {a} and {b}, questions answered",
-    "Podcast episode {n}: talking {a} with an expert",
-    "{A} tutorial for {aud}",
-    "Video review: {a} tested against {b}",
-)
-_DESCRIPTION = (
-    "A {r} favourite: covers {b}, {c} and more.",
-    "Perfect for anyone into {r}, especially {b} or {c}.",
-    "Includes notes on {b} and {c}, for people who love {r}.",
-    "From {c} to {b}: a closer look at {r} and {r2}.",
-    "With a section on {c}.",
-    "All about {r} and {r2}, with tips on {b}.",
-    "Covers {b}, {c} and more.",
-    "",
-)
-_SEARCH = (
-    "{a}",
-    "best {a}",
-    "{a} near me",
-    "cheap {a}",
-    "{a} for {aud}",
-    "how to get started with {a}",
-    "{a} vs {b}",
-    "{a} reviews",
-    "is {a} worth it",
-    "{a} {b} tips",
-    "where to buy {a}",
-    "{a} recommendations {aud}",
-    "what is {a}",
-    "{a} {r} news",
-    "{r} {a} ideas",
-)
-_REVIEW = (
-    "Loved it! The {a} is {adj2} and {opinion}.",
-    "The {a} was {adj2}, but the part about {b} could be better.",
-    "Bought this for my {rel}, who is really into {a}. {Opinion}.",
-    "Five stars: great on {a}, and {b} is covered well too.",
-    "Disappointed. I expected more on {a}; {b} felt rushed.",
-    "Honest review: {a} is {adj2} here and {b} is {adj3}.",
-    "Second time I picked something about {a}. {Opinion}.",
-    "If you care about {a} or {b}, get this. {Opinion}.",
-)
-_ADJ = (
-    "lightweight", "premium", "compact", "professional", "classic", "ultimate",
-    "beginner-friendly", "durable", "eco-friendly", "limited", "deluxe", "everyday",
-    "travel-size", "heavy-duty", "essential", "advanced",
-)  # fmt: skip
-_ADJ2 = (
-    "excellent", "solid", "fantastic", "decent", "mediocre", "well made", "surprisingly good",
-    "overpriced", "brilliant", "useful",
-)  # fmt: skip
-_OPINION = (
-    "would recommend it to a friend", "worth every penny", "arrived quickly", "exactly as described",
-    "I use it every week", "not sure I would buy it again", "my whole family enjoys it",
-    "it exceeded my expectations",
-)  # fmt: skip
-_BRAND = (
-    "Northpeak", "Altura", "Veloce", "Brightwell", "Kestrel", "Lumio", "Oakridge", "Solace",
-    "Trident", "Zenova", "Harbor & Finch", "Maple Lane", "Corvid", "Pinecrest",
-)  # fmt: skip
-_AUD = (
-    "beginners", "families", "busy professionals", "students", "experts", "kids", "seniors",
-    "weekend enthusiasts", "first-timers",
-)  # fmt: skip
-_REL = ("partner", "dad", "mum", "sister", "brother", "best friend", "son", "daughter")
+#: Search queries pre-generated per leaf: every search event of a leaf picks one of them
+#: uniformly. 40 (x 15 templates, 3 of the leaf's 12 terms each) keeps queries varied within a
+#: leaf while 136 leaves bound the distinct queries to 5,440 whatever the number of users.
+SEARCHES_PER_LEAF: Final[int] = 40
+#: Reviews pre-generated per leaf, picked like searches (at most 5,440 distinct reviews). A
+#: review's text is drawn independently of its rating, as the templates mix praise and
+#: complaints; the rating carries on/off-interest (3-5 stars on-interest, 1-3 off).
+REVIEWS_PER_LEAF: Final[int] = 40
+# The generator rounds dwell and value to these decimals (dwell to 0.1 s; prices to cents,
+# ratings to halves), as a log would record them.
+_DWELL_DECIMALS: Final[int] = 1
+_VALUE_DECIMALS: Final[int] = 2
 
 # Shares of event types (views dominate, purchases are rare). Reviews and searches are the
 # private free text.
@@ -143,6 +90,13 @@ _TYPE_MIX: tuple[tuple[EventType, float], ...] = (
     (EventType.SEARCH, 0.10),
     (EventType.RATE, 0.04),
 )
+# Median dwell (seconds) of the event types that have one; off-interest dwell is halved.
+_DWELL_MEDIAN: dict[EventType, float] = {
+    EventType.VIEW: 15.0,
+    EventType.CLICK: 40.0,
+    EventType.LIKE: 60.0,
+    EventType.SHARE: 60.0,
+}
 
 
 @dataclass(frozen=True)
@@ -214,15 +168,6 @@ def _check_int(v: object, name: str, low: int) -> None:
 
 
 @dataclass(frozen=True)
-class SyntheticItem:
-    """A catalogue item: public text, one leaf."""
-
-    item_id: str
-    leaf: str
-    text: str
-
-
-@dataclass(frozen=True)
 class SyntheticUser:
     """Ground truth of one user.
 
@@ -266,57 +211,29 @@ class SyntheticDataset:
         }
 
 
-def _cap(s: str) -> str:
-    return s[:1].upper() + s[1:]
+@dataclass(frozen=True)
+class SyntheticTable:
+    """The synthetic dataset as columns (what :func:`generate_table` returns).
+
+    Attributes:
+        config: what was generated.
+        table: the events, grouped by user in ``users`` order, time order within a user;
+            timestamps are whole seconds. ``table.texts`` / ``items`` / ``categories`` hold
+            only the strings some event uses.
+        users: the ground truth, one per user, in ``table.users`` order.
+        items: the whole catalogue, leaf by leaf (items no event touched included).
+    """
+
+    config: SyntheticConfig
+    table: EventTable
+    users: list[SyntheticUser]
+    items: list[SyntheticItem]
 
 
-def _fill(template: str, rng: np.random.Generator, root: tuple[str, ...], picks: list[str]) -> str:
-    a, b, c = picks
-    r, r2 = (root[int(i)] for i in rng.choice(len(root), size=2, replace=False))
-    values = {
-        "r": r,
-        "r2": r2,
-        "a": a,
-        "b": b,
-        "c": c,
-        "A": _cap(a),
-        "n": str(int(rng.integers(3, 13))),
-        "adj": _ADJ[int(rng.integers(len(_ADJ)))],
-        "Adj": _cap(_ADJ[int(rng.integers(len(_ADJ)))]),
-        "adj2": _ADJ2[int(rng.integers(len(_ADJ2)))],
-        "adj3": _ADJ2[int(rng.integers(len(_ADJ2)))],
-        "opinion": _OPINION[int(rng.integers(len(_OPINION)))],
-        "Opinion": _cap(_OPINION[int(rng.integers(len(_OPINION)))]),
-        "brand": _BRAND[int(rng.integers(len(_BRAND)))],
-        "aud": _AUD[int(rng.integers(len(_AUD)))],
-        "rel": _REL[int(rng.integers(len(_REL)))],
-    }
-    return template.format(**values)
-
-
-def _pick3(rng: np.random.Generator, terms: tuple[str, ...]) -> list[str]:
-    idx = rng.choice(len(terms), size=3, replace=False)
-    return [terms[int(i)] for i in idx]
-
-
-def _make_items(cfg: SyntheticConfig, rng: np.random.Generator) -> dict[str, list[SyntheticItem]]:
-    kinds = (_ARTICLE, _PRODUCT, _MEDIA)
-    kind_p = np.array([0.45, 0.35, 0.20])
-    out: dict[str, list[SyntheticItem]] = {}
-    counter = 0
-    for leaf, terms in LEAF_TERMS.items():
-        items = []
-        for _ in range(cfg.items_per_leaf):
-            templates = kinds[int(rng.choice(3, p=kind_p))]
-            picks = _pick3(rng, terms)
-            root = ROOT_TERMS[leaf.split(" > ")[0]]
-            title = _fill(templates[int(rng.integers(len(templates)))], rng, root, picks)
-            desc = _fill(_DESCRIPTION[int(rng.integers(len(_DESCRIPTION)))], rng, root, picks)
-            counter += 1
-            sep = " " if title.endswith(("?", "!", ".")) else ". "
-            items.append(SyntheticItem(f"it{counter:05d}", leaf, f"{title}{sep}{desc}".strip()))
-        out[leaf] = items
-    return out
+def event_id(seed: int, user_id: str, j: int) -> str:
+    """The id of the ``j``-th event (time order) of ``user_id`` in the dataset of ``seed``:
+    deterministic, and unique across seeds so that two synthetic files can share a store."""
+    return f"s{seed}-{user_id}-{j:04d}"
 
 
 def _zipf_p(n: int, s: float) -> npt.NDArray[np.float64]:
@@ -328,145 +245,284 @@ def _zipf_p(n: int, s: float) -> npt.NDArray[np.float64]:
 def _draw_interests(
     rng: np.random.Generator,
     cfg: SyntheticConfig,
-    leaves: list[str],
-    leaf_p: np.ndarray,
-    exclude_roots: set[str],
-) -> tuple[tuple[str, float], ...]:
-    k_p = _zipf_p(cfg.max_interests, cfg.interest_exponent)
-    k = int(rng.choice(cfg.max_interests, p=k_p)) + 1
-    roots = np.array([leaf.split(" > ")[0] for leaf in leaves])
-    allowed = (
-        ~np.isin(roots, sorted(exclude_roots)) if exclude_roots else np.ones(len(leaves), bool)
-    )
+    k: int,
+    leaf_p: npt.NDArray[np.float64],
+    leaf_root: npt.NDArray[np.intp],
+    held_roots: npt.NDArray[np.bool_] | None,
+) -> tuple[list[int], npt.NDArray[np.float64]]:
+    """Up to ``k`` distinct leaves (indices) with strengths (Dirichlet(1.5), strongest first).
+
+    Each leaf is drawn by popularity ``leaf_p`` among the leaves not yet chosen and, after the
+    first, with chance ``cfg.same_root_prob`` among those of a root already chosen (when any is
+    left). ``held_roots`` (a mask over roots) excludes the roots a drifting user held before;
+    fewer than ``k`` leaves come back only when the allowed leaves run out.
+    """
+    allowed = np.ones(len(leaf_p), dtype=bool) if held_roots is None else ~held_roots[leaf_root]
+    chosen_roots = np.zeros(int(leaf_root.max()) + 1, dtype=bool)
     chosen: list[int] = []
-    for _ in range(k):
-        mask = allowed.copy()
-        mask[chosen] = False
-        if chosen and rng.random() < cfg.same_root_prob:
-            same = np.isin(roots, sorted({roots[i] for i in chosen}))
-            if (mask & same).any():
-                mask &= same
-        if not mask.any():
+    coins = rng.random((k, 2))
+    for same_coin, pick_u in coins.tolist():
+        mask = allowed
+        if chosen and same_coin < cfg.same_root_prob:
+            same = allowed & chosen_roots[leaf_root]
+            if same.any():
+                mask = same
+        idx = np.flatnonzero(mask)
+        if idx.size == 0:
             break
-        p = np.where(mask, leaf_p, 0.0)
-        chosen.append(int(rng.choice(len(leaves), p=p / p.sum())))
+        cdf = np.cumsum(leaf_p[idx])
+        leaf = int(idx[min(int(np.searchsorted(cdf, pick_u * cdf[-1], "right")), idx.size - 1)])
+        chosen.append(leaf)
+        allowed[leaf] = False
+        chosen_roots[leaf_root[leaf]] = True
     strengths = rng.dirichlet(np.full(len(chosen), 1.5))
     order = np.argsort(-strengths, kind="stable")
-    return tuple((leaves[chosen[i]], float(strengths[i])) for i in order)
+    return [chosen[i] for i in order], strengths[order]
 
 
-def generate(config: SyntheticConfig | None = None) -> SyntheticDataset:
-    """Generates the synthetic dataset for ``config`` (deterministic in ``config.seed``)."""
+_Mixture = tuple[list[int], npt.NDArray[np.float64]]  # leaf indices, strengths (sum 1)
+
+
+def _draw_mixtures(
+    rng: np.random.Generator,
+    cfg: SyntheticConfig,
+    leaf_p: npt.NDArray[np.float64],
+    leaf_root: npt.NDArray[np.intp],
+    drifting: npt.NDArray[np.bool_],
+) -> list[_Mixture]:
+    """Every user's interests: row ``2u`` before any drift, ``2u + 1`` after (empty for a
+    user who does not drift). The per-user Python loop of the generator (~30 us a user).
+    Clears ``drifting[u]`` for a user who holds every root and so has nothing to drift to."""
+    k_cdf = np.cumsum(_zipf_p(cfg.max_interests, cfg.interest_exponent))
+    draws = rng.random((len(drifting), 2))
+    k = np.minimum(np.searchsorted(k_cdf, draws, "right"), len(k_cdf) - 1) + 1
+    none: _Mixture = ([], np.zeros(0))
+    mix: list[_Mixture] = []
+    for u, (k_before, k_after) in enumerate(k.tolist()):
+        before = _draw_interests(rng, cfg, k_before, leaf_p, leaf_root, None)
+        after = none
+        if drifting[u]:
+            held = np.zeros(int(leaf_root.max()) + 1, dtype=bool)
+            held[leaf_root[before[0]]] = True
+            after = _draw_interests(rng, cfg, k_after, leaf_p, leaf_root, held)
+            drifting[u] = bool(after[0])
+        mix += (before, after)
+    return mix
+
+
+def _draw_leaves(
+    rng: np.random.Generator,
+    cfg: SyntheticConfig,
+    leaf_p: npt.NDArray[np.float64],
+    row: npt.NDArray[np.int32],
+    mix: list[_Mixture],
+) -> tuple[npt.NDArray[np.int16], npt.NDArray[np.bool_]]:
+    """Each event's leaf and whether it is on-interest: with chance ``cfg.explore_prob`` a
+    leaf by popularity (off-interest), else a leaf of mixture ``mix[row]`` by strength."""
+    # the mixtures as a padded (rows, most interests) table of leaves and cumulative strengths
+    length = np.array([len(m[0]) for m in mix], dtype=np.int64)
+    mix_leaf = np.zeros((len(mix), int(length.max())), dtype=np.int16)
+    mix_cdf = np.ones(mix_leaf.shape)  # padding 1.0: never below a uniform draw
+    at = (
+        np.repeat(np.arange(len(mix)), length),
+        np.arange(int(length.sum())) - np.repeat(np.cumsum(length) - length, length),
+    )
+    mix_leaf[at] = [leaf for m in mix for leaf in m[0]]
+    mix_cdf[at] = np.concatenate([np.cumsum(m[1]) for m in mix])
+    mix_cdf[length > 0, length[length > 0] - 1] = 1.0  # exactly, whatever the rounding
+
+    explore = rng.random(len(row)) < cfg.explore_prob
+    leaf = np.empty(len(row), dtype=np.int16)
+    leaf[explore] = rng.choice(len(leaf_p), size=int(explore.sum()), p=leaf_p)
+    on = np.flatnonzero(~explore)
+    on_row = row[on]
+    u01 = rng.random(on.size)
+    comp = np.zeros(on.size, dtype=np.intp)  # the first component whose cdf exceeds u01
+    for col in range(mix_cdf.shape[1] - 1):
+        comp += mix_cdf[on_row, col] < u01
+    leaf[on] = mix_leaf[on_row, comp]
+    return leaf, ~explore
+
+
+def _sorted_uniforms(
+    rng: np.random.Generator, user: npt.NDArray[np.int32]
+) -> npt.NDArray[np.float64]:
+    """Uniform draws in [0, 1], sorted within each user (``user`` grouped, ascending): one sort
+    of ``user + u`` orders every user's draws at once. The sum keeps ``u`` to ~1.5e-11 at
+    100,000 users, far below the whole seconds the times are rounded to."""
+    u = rng.random(len(user))
+    u += user
+    u.sort()
+    u -= user
+    return u
+
+
+def _compact(codes: npt.NDArray[np.int32], size: int) -> tuple[list[int], npt.NDArray[np.int32]]:
+    """The entries of a ``size``-long string table that ``codes`` use (in table order), and
+    ``codes`` renumbered into them (-1 stays -1)."""
+    used = np.zeros(size, dtype=bool)
+    used[codes[codes >= 0]] = True
+    new = (np.cumsum(used) - 1).astype(np.int32)
+    out = np.where(codes >= 0, new[np.maximum(codes, 0)], -1).astype(np.int32)
+    return np.flatnonzero(used).tolist(), out
+
+
+def generate_table(
+    config: SyntheticConfig | None = None, *, event_ids: bool = False
+) -> SyntheticTable:
+    """Generates the synthetic dataset for ``config`` as columns (deterministic in
+    ``config.seed``); :func:`generate` returns the same events as objects.
+
+    Per user (a short Python loop): the number of events (log-normal around
+    ``events_per_user``), the start of the timeline, whether and where interests drift, and
+    the interests themselves. Per event (numpy over all events at once): off-interest
+    (``explore_prob``, a leaf by popularity) or a leaf of the user's interest mixture before or
+    after the switch, the type (``_TYPE_MIX``), the item (Zipf within the leaf), a pool text
+    for searches and reviews, value and dwell (lower off-interest), and the time (uniform
+    over the user's timeline, sorted, rounded to whole seconds).
+
+    Args:
+        config: what to generate (default :class:`SyntheticConfig`).
+        event_ids: also store every event's id (:func:`event_id`). Off by default: at 100,000
+            users the ids (~70 bytes each) would take more memory than all the columns; the
+            table then derives ``"{user}-{j}"`` ids.
+    """
     cfg = config if config is not None else SyntheticConfig()
     rng = np.random.default_rng(cfg.seed)
     leaves = list(LEAF_TERMS)
+    roots = list(dict.fromkeys(root_of(leaf) for leaf in leaves))
+    leaf_root = np.array([roots.index(root_of(leaf)) for leaf in leaves], dtype=np.intp)
     ranking = rng.permutation(len(leaves))
     leaf_p = np.empty(len(leaves))
     leaf_p[ranking] = _zipf_p(len(leaves), cfg.leaf_popularity_exponent)
-    catalogue = _make_items(cfg, rng)
-    item_p = _zipf_p(cfg.items_per_leaf, 1.0)
-    types = [t for t, _ in _TYPE_MIX]
-    type_p = np.array([p for _, p in _TYPE_MIX])
-    type_p = type_p / type_p.sum()
+    catalogue = make_catalogue(rng, cfg.items_per_leaf)
+    searches = [t for leaf in leaves for t in search_pool(rng, leaf, SEARCHES_PER_LEAF)]
+    reviews = [t for leaf in leaves for t in review_pool(rng, leaf, REVIEWS_PER_LEAF)]
+    text_code: dict[str, int] = {}
+    item_text, search_text, review_text = (
+        np.array([text_code.setdefault(t, len(text_code)) for t in texts], dtype=np.int32)
+        for texts in ([it.text for it in catalogue], searches, reviews)
+    )
+    search_text = search_text.reshape(len(leaves), SEARCHES_PER_LEAF)
+    review_text = review_text.reshape(len(leaves), REVIEWS_PER_LEAF)
+
+    # -- users --------------------------------------------------------------------------------
+    n_users = cfg.users
+    width = max(4, len(str(n_users)))
+    uids = [f"u{u + 1:0{width}d}" for u in range(n_users)]
+    size = np.clip(
+        np.round(cfg.events_per_user * rng.lognormal(0.0, 0.5, n_users)),
+        12,
+        8 * cfg.events_per_user,
+    ).astype(np.int64)
     end = cfg.end_timestamp
     start = end - cfg.months * 30 * _DAY
+    t0 = start + rng.uniform(0.0, 0.3, n_users) * (end - start)
+    drifting = rng.random(n_users) < cfg.drift_share
+    switch = (size * rng.uniform(0.4, 0.6, n_users)).astype(np.int64)
+    mix = _draw_mixtures(rng, cfg, leaf_p, leaf_root, drifting)
 
-    events: list[Event] = []
-    users: list[SyntheticUser] = []
-    width = max(4, len(str(cfg.users)))
-    for u in range(cfg.users):
-        uid = f"u{u + 1:0{width}d}"
-        before = _draw_interests(rng, cfg, leaves, leaf_p, set())
-        n = int(
-            np.clip(
-                round(cfg.events_per_user * rng.lognormal(0.0, 0.5)), 12, 8 * cfg.events_per_user
-            )
-        )
-        t0 = start + rng.uniform(0.0, 0.3) * (end - start)
-        times = np.sort(rng.uniform(t0, end - 60.0, size=n))
-        drift_at: float | None = None
-        after: tuple[tuple[str, float], ...] = ()
-        switch = n
-        if rng.random() < cfg.drift_share:
-            held = {leaf.split(" > ")[0] for leaf, _ in before}
-            after = _draw_interests(rng, cfg, leaves, leaf_p, held)
-            switch = int(n * rng.uniform(0.4, 0.6))
-            drift_at = float(times[switch])
-        for j in range(n):
-            current = before if j < switch else after
-            if rng.random() < cfg.explore_prob:
-                leaf = leaves[int(rng.choice(len(leaves), p=leaf_p))]
-                on_interest = False
-            else:
-                w = np.array([s for _, s in current])
-                leaf = current[int(rng.choice(len(current), p=w / w.sum()))][0]
-                on_interest = True
-            etype = types[int(rng.choice(len(types), p=type_p))]
-            events.append(
-                _make_event(
-                    rng,
-                    cfg,
-                    uid,
-                    j,
-                    float(times[j]),
-                    etype,
-                    leaf,
-                    on_interest,
-                    catalogue[leaf],
-                    item_p,
-                )
-            )
-        users.append(SyntheticUser(uid, before, drift_at, after))
-    events.sort(key=lambda e: (e.timestamp, e.event_id))
-    items = [it for leaf in leaves for it in catalogue[leaf]]
-    return SyntheticDataset(cfg, events, users, items)
+    # -- events -------------------------------------------------------------------------------
+    n_events = int(size.sum())
+    user = np.repeat(np.arange(n_users, dtype=np.int32), size)
+    first = np.cumsum(size) - size
+    pos = np.arange(n_events, dtype=np.int64) - np.repeat(first, size)
+    row = 2 * user + (drifting[user] & (pos >= switch[user]))  # the mixture each event uses
+    del pos  # (each temporary is ~50 MB at 100,000 users)
+    leaf, on_interest = _draw_leaves(rng, cfg, leaf_p, row, mix)
+    del row
 
+    type_p = np.array([p for _, p in _TYPE_MIX])
+    type_code = np.array([EVENT_TYPES.index(t) for t, _ in _TYPE_MIX], dtype=np.int8)
+    event_type = type_code[rng.choice(len(_TYPE_MIX), size=n_events, p=type_p / type_p.sum())]
+    ipl = cfg.items_per_leaf
+    rank = rng.choice(ipl, size=n_events, p=_zipf_p(ipl, 1.0)).astype(np.int32)
+    item = leaf.astype(np.int32) * ipl + rank
+    del rank
+    text = item_text[item]
 
-def _make_event(
-    rng: np.random.Generator,
-    cfg: SyntheticConfig,
-    uid: str,
-    j: int,
-    ts: float,
-    etype: EventType,
-    leaf: str,
-    on_interest: bool,
-    items: list[SyntheticItem],
-    item_p: np.ndarray,
-) -> Event:
-    terms = LEAF_TERMS[leaf]
-    root = ROOT_TERMS[leaf.split(" > ")[0]]
-    item = items[int(rng.choice(len(items), p=item_p))]
-    item_id: str | None = item.item_id
-    text = item.text
-    dwell: float | None = None
-    value: float | None = None
-    if etype is EventType.SEARCH:
-        item_id = None
-        text = _fill(_SEARCH[int(rng.integers(len(_SEARCH)))], rng, root, _pick3(rng, terms))
-    elif etype is EventType.REVIEW:
-        text = _fill(_REVIEW[int(rng.integers(len(_REVIEW)))], rng, root, _pick3(rng, terms))
-        value = float(rng.integers(3, 6) if on_interest else rng.integers(1, 4))
-    elif etype is EventType.RATE:
-        value = float(
-            np.clip(round(2 * rng.normal(4.2 if on_interest else 2.8, 0.7)) / 2, 0.5, 5.0)
-        )
-    elif etype is EventType.PURCHASE:
-        value = round(float(rng.lognormal(3.3, 0.8)), 2)
-    if etype in (EventType.VIEW, EventType.CLICK, EventType.LIKE, EventType.SHARE):
-        median = {EventType.VIEW: 15.0, EventType.CLICK: 40.0}.get(etype, 60.0)
-        dwell = round(float(median * rng.lognormal(0.0, 0.8) * (1.0 if on_interest else 0.5)), 1)
-    return Event(
-        event_id=f"s{cfg.seed}-{uid}-{j:04d}",
-        user_id=uid,
-        timestamp=round(ts),
-        event_type=etype,
-        item_id=item_id,
+    def rows_of(etype: EventType) -> npt.NDArray[np.intp]:
+        return np.flatnonzero(event_type == EVENT_TYPES.index(etype))
+
+    at = rows_of(EventType.SEARCH)
+    text[at] = search_text[leaf[at], rng.integers(SEARCHES_PER_LEAF, size=at.size)]
+    item[at] = -1
+    value = np.full(n_events, np.nan, dtype=np.float64)
+    at = rows_of(EventType.REVIEW)
+    text[at] = review_text[leaf[at], rng.integers(REVIEWS_PER_LEAF, size=at.size)]
+    value[at] = rng.integers(0, 3, size=at.size) + np.where(on_interest[at], 3, 1)
+    at = rows_of(EventType.RATE)
+    stars = rng.normal(np.where(on_interest[at], 4.2, 2.8), 0.7)
+    value[at] = np.clip(np.round(2 * stars) / 2, 0.5, 5.0)
+    at = rows_of(EventType.PURCHASE)
+    value[at] = np.round(rng.lognormal(3.3, 0.8, size=at.size), _VALUE_DECIMALS)
+    median = np.full(len(EVENT_TYPES), np.nan)
+    for etype, m in _DWELL_MEDIAN.items():
+        median[EVENT_TYPES.index(etype)] = m
+    at = np.flatnonzero(np.isfinite(median[event_type]))
+    dwell = np.full(n_events, np.nan, dtype=np.float64)
+    scale = median[event_type[at]] * np.where(on_interest[at], 1.0, 0.5)
+    dwell[at] = np.round(scale * rng.lognormal(0.0, 0.8, size=at.size), _DWELL_DECIMALS)
+    del at, scale, on_interest
+
+    # times: uniform over each user's [t0, end - 60 s], in order within the user
+    timestamp = t0[user] + _sorted_uniforms(rng, user) * ((end - 60.0) - t0)[user]
+    drift_at = timestamp[first + switch]
+    np.round(timestamp, out=timestamp)
+
+    kept_texts, text = _compact(text, len(text_code))
+    all_texts = list(text_code)
+    kept_items, item = _compact(item, len(catalogue))
+    kept_leaves, category = _compact(leaf.astype(np.int32), len(leaves))
+    del leaf
+    table = EventTable(
+        users=uids,
+        texts=[all_texts[i] for i in kept_texts],
+        items=[catalogue[i].item_id for i in kept_items],
+        categories=[leaves[i] for i in kept_leaves],
+        user=user,
+        timestamp=timestamp,
+        event_type=event_type,
         text=text,
-        category=leaf,
-        dwell_seconds=dwell,
+        item=item,
+        category=category,
+        dwell=dwell,
         value=value,
+        event_ids=(
+            [
+                event_id(cfg.seed, uid, j)
+                for uid, m in zip(uids, size.tolist(), strict=True)
+                for j in range(m)
+            ]
+            if event_ids
+            else None
+        ),
     )
+
+    def interests(m: _Mixture) -> tuple[tuple[str, float], ...]:
+        return tuple((leaves[i], s) for i, s in zip(m[0], m[1].tolist(), strict=True))
+
+    truth = [
+        SyntheticUser(
+            uid,
+            interests(mix[2 * u]),
+            float(drift_at[u]) if drifting[u] else None,
+            interests(mix[2 * u + 1]),
+        )
+        for u, uid in enumerate(uids)
+    ]
+    return SyntheticTable(cfg, table, truth, catalogue)
+
+
+def generate(config: SyntheticConfig | None = None) -> SyntheticDataset:
+    """Generates the synthetic dataset for ``config`` (deterministic in ``config.seed``): the
+    events of :func:`generate_table`, with their ids, as :class:`Event` objects sorted by
+    time (then id). For small populations: an :class:`Event` costs ~600 bytes."""
+    cfg = config if config is not None else SyntheticConfig()
+    syn = generate_table(cfg, event_ids=True)
+    events = [e for evs in syn.table.user_events().values() for e in evs]
+    events.sort(key=lambda e: (e.timestamp, e.event_id))
+    return SyntheticDataset(cfg, events, syn.users, syn.items)
 
 
 def iter_jsonl_lines(events: list[Event]) -> Iterator[str]:

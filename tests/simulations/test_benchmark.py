@@ -31,13 +31,15 @@ def test_minilm_parameter_count() -> None:
 
 
 def test_tree_cpu_counts_children() -> None:
-    """CPU seconds of a child's own child are counted."""
-    code = "import subprocess, sys; subprocess.run([sys.executable, '-c', 'x = sum(range(30_000_000))'])"
+    """CPU seconds of a child's own child are counted (a grandchild busy for ~0.8 s: the
+    sampling, every 0.05 s, may miss the last tick of it, never half a second)."""
+    code = "import subprocess, sys; subprocess.run([sys.executable, '-c', 'x = sum(range(80_000_000))'])"
     proc = subprocess.Popen([sys.executable, "-c", code])
     with TreeCPU(proc.pid, interval=0.05) as cpu:
         proc.wait()
         time.sleep(0.1)
     assert cpu.seconds > 0.3
+    assert cpu.peak_rss > 0
 
 
 @pytest.mark.bench
