@@ -44,8 +44,8 @@ __all__ = [
 #: a hair above it): the same factor as :func:`common.privacy.clip_total`.
 CLIP_MARGIN = 1 - 1e-6
 
-#: Events whose weighted vectors are formed at once (``chunk x d`` float64 floats).
-_CHUNK_EVENTS = 262_144
+#: Events whose weighted vectors are formed at once (``chunk x d`` float64: 64 MiB at d = 128).
+_CHUNK_EVENTS = 65_536
 
 
 class UserSum:

@@ -290,8 +290,18 @@ def _simulate(
     rounds_started: list[bool] = []
     try:
         if table is not None:
+            # handed over: the batched run drops the population once its shards are written
+            population, table = [table], None
             metrics = _simulate_batched_into(
-                staging.path, opts, vocabulary, bundle, table, say, t0, on_reply, rounds_started
+                staging.path,
+                opts,
+                vocabulary,
+                bundle,
+                population,
+                say,
+                t0,
+                on_reply,
+                rounds_started,
             )
         else:
             metrics = _simulate_into(
@@ -416,13 +426,14 @@ def _simulate_batched_into(
     opts: SimulateOptions,
     vocabulary: Vocabulary,
     bundle: DatasetBundle,
-    table: EventTable,
+    population: list[EventTable],
     say: Callable[[str], None],
     t0: float,
     on_reply: Callable[[Any], None] | None,
     rounds_started: list[bool],
 ) -> dict[str, Any]:
-    """The batched engine's run (:mod:`simulations.engines.batched`)."""
+    """The batched engine's run (:mod:`simulations.engines.batched`); ``population`` holds the
+    population's table, taken out here so that it can be freed once the shards are written."""
     from server.batched import BatchedCollector
     from simulations.engines.batched import (
         EvaluationSample,
@@ -435,6 +446,7 @@ def _simulate_batched_into(
     if opts.resume:
         say(f"resuming {out}")
     _quiet_runtime(opts.verbose)
+    table = population.pop()
     train_t, test_t = table.temporal_split(opts.holdout)
     n_users = table.num_users
     say(
@@ -478,6 +490,16 @@ def _simulate_batched_into(
         )
         # the resolved worker count: a resume needs the same shards on any machine
         write_config(out, replace(opts, workers=workers), run, n_users, vocabulary)
+    # the evaluation sample, then the population's columns go (the shards hold them now)
+    sample = EvaluationSample.draw(n_users, opts.eval_users, run.seed)
+    train = train_t.take_users(sample.users).user_events()
+    test: dict[str, list[Event]] = {u: [] for u in train}
+    if test_t is not None:
+        index = {u: i for i, u in enumerate(test_t.users)}
+        picked = np.array([index[u] for u in train if u in index], dtype=np.int64)
+        test.update(test_t.take_users(picked).user_events())
+    train_events = len(train_t)
+    del table, train_t, test_t
     summaries: list[RoundSummary] = []
     collectors: list[BatchedCollector] = []
 
@@ -501,14 +523,7 @@ def _simulate_batched_into(
         collector=collector,
     )
     fl_seconds = time.perf_counter() - t_fl
-    say(f"evaluating on {min(n_users, opts.eval_users)} of {n_users} users")
-    sample = EvaluationSample.draw(n_users, opts.eval_users, run.seed)
-    train = train_t.take_users(sample.users).user_events()
-    test: dict[str, list[Event]] = {u: [] for u in train}
-    if test_t is not None:
-        index = {u: i for i, u in enumerate(test_t.users)}
-        picked = np.array([index[u] for u in train if u in index], dtype=np.int64)
-        test.update(test_t.take_users(picked).user_events())
+    say(f"evaluating on {len(sample.users)} of {n_users} users")
     truth = bundle.truth
     if truth is not None:
         truth = [u for u in truth if getattr(u, "user_id", None) in train]
@@ -524,7 +539,7 @@ def _simulate_batched_into(
             "not_simulated": "SecAgg+ masking, key agreement and per-stage dropouts "
             "(the secure sum is an exact sum); message bytes are per shard, not per device",
         },
-        "events": len(train_t),
+        "events": train_events,
         "evaluation": sample.describe(),
         "bytes_up_per_client_per_round": None,
         "bytes_down_per_client_per_round": None,
