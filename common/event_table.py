@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -213,3 +214,67 @@ class EventTable:
         train_t = self.take_rows(np.flatnonzero(~test))
         test_t = self.take_rows(np.flatnonzero(test)) if test.any() else None
         return train_t, test_t
+
+    def with_events(self, extra: dict[int, list[Event]]) -> EventTable:
+        """This table with ``extra`` events added to users (by index), each user's events
+        re-sorted by ``(timestamp, event_id)`` as :func:`simulations.profile_eval.temporal_split`
+        orders them (the empirical audit's canaries)."""
+        if not extra:
+            return self
+        bad = [u for u in extra if not 0 <= u < self.num_users]
+        if bad:
+            raise ConfigError(f"extra events name user {bad[0]}; the table has {self.num_users}.")
+        touched = sorted(extra)
+        parts = self.user_events(touched)
+        merged = {
+            uid: sorted([*parts[uid], *extra[u]], key=lambda e: (e.timestamp, e.event_id))
+            for u, uid in zip(touched, parts, strict=True)
+        }
+        new = EventTable.from_events(merged)
+        texts, items, cats = list(self.texts), list(self.items), list(self.categories)
+
+        def remap(strings: list[str], table: list[str]) -> npt.NDArray[np.int32]:
+            index = {s: i for i, s in enumerate(table)}
+            out = np.empty(len(strings) + 1, dtype=np.int32)
+            for i, s in enumerate(strings):
+                out[i] = index.setdefault(s, len(table))
+                if out[i] == len(table):
+                    table.append(s)
+            out[-1] = -1  # -1 (none) stays -1
+            return out
+
+        m_text, m_item, m_cat = (
+            remap(new.texts, texts),
+            remap(new.items, items),
+            remap(new.categories, cats),
+        )
+        keep = ~np.isin(self.user, touched)
+        rows_user = np.concatenate([self.user[keep], np.asarray(touched, dtype=np.int32)[new.user]])
+        order = np.argsort(rows_user, kind="stable")
+
+        def col(name: str, mapped: npt.NDArray[np.int32] | None = None) -> npt.NDArray[Any]:
+            add = getattr(new, name)
+            if mapped is not None:
+                add = mapped[add]
+            return np.concatenate([getattr(self, name)[keep], add])[order]
+
+        ids = None
+        if self.event_ids is not None:
+            base_ids = [self.event_ids[int(r)] for r in np.flatnonzero(keep)]
+            all_ids = base_ids + list(new.event_ids or [])
+            ids = [all_ids[int(i)] for i in order]
+        return EventTable(
+            users=self.users,
+            texts=texts,
+            items=items,
+            categories=cats,
+            user=rows_user[order].astype(np.int32),
+            timestamp=col("timestamp"),
+            event_type=col("event_type"),
+            text=col("text", m_text),
+            item=col("item", m_item),
+            category=col("category", m_cat),
+            dwell=col("dwell"),
+            value=col("value"),
+            event_ids=ids,
+        )

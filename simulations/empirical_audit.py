@@ -271,10 +271,14 @@ def run_empirical_audit(
 
 
 def _users_of(opts: Any) -> list[str]:
-    from simulations.datasets.loaders import partition_by_user
-    from simulations.simulate import load_bundle
+    """The run's user ids by device index (the same order in both engines)."""
+    from simulations.datasets.bundle import load_population
 
-    bundle = load_bundle(
-        opts.dataset, clients=opts.clients, seed=opts.run.seed, events_per_user=opts.events_per_user
+    table, _ = load_population(
+        opts.dataset,
+        clients=opts.clients,
+        seed=opts.run.seed,
+        events_per_user=opts.events_per_user,
+        max_events_per_client=opts.max_events_per_client,
     )
-    return list(partition_by_user(bundle.events, max_events_per_client=opts.max_events_per_client))
+    return table.users

@@ -74,7 +74,7 @@ class SimulateOptions:
     """
 
     dataset: str = "synthetic"
-    clients: int = 100
+    clients: int = 10_000
     out: Path = Path("run")
     run: RunConfig = field(default_factory=RunConfig)
     events_per_user: int = 60
@@ -90,6 +90,6 @@ class SimulateOptions:
     client_mods: tuple[Any, ...] = ()
     device_budgets: dict[int, float] = field(default_factory=dict)
     evaluate: bool = True
-    engine: Engine = Engine.DEVICES
+    engine: Engine = Engine.BATCHED
     workers: int | None = None
     eval_users: int = DEFAULT_EVAL_USERS

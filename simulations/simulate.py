@@ -408,7 +408,6 @@ def _check_batched(opts: SimulateOptions) -> None:
     run = opts.run
     refusals = {
         "--adapter (the adapter trains per device with Opacus)": run.adapter.enabled,
-        "canaries (the empirical audit runs on --engine devices)": bool(opts.canaries),
         "client mods (fault injection acts on device messages)": bool(opts.client_mods),
         f"--robust {run.robust} (needs each device's release)": run.robust != "none",
     }
@@ -448,6 +447,8 @@ def _simulate_batched_into(
     _quiet_runtime(opts.verbose)
     table = population.pop()
     train_t, test_t = table.temporal_split(opts.holdout)
+    # the empirical audit's canaries join their devices' training events (as in _simulate_into)
+    train_t = train_t.with_events(opts.canaries)
     n_users = table.num_users
     say(
         f"dataset {bundle.name}: {len(train_t)} training events of {n_users} users "

@@ -11,6 +11,7 @@ from typing import Any
 
 from simulations.benchmark.fixtures import device_store, round_config
 from simulations.benchmark.timing import median_time
+from simulations.options import Engine
 
 __all__ = ["run"]
 
@@ -109,7 +110,11 @@ def run(quick: bool) -> list[dict[str, Any]]:
             run = RunConfig(
                 rounds=5, privacy=PrivacyConfig(epsilon=2.0), adapter=AdapterConfig(enabled=enabled)
             )
-            m = simulate(SimulateOptions(clients=clients, out=Path(d) / "run", run=run))
+            m = simulate(
+                SimulateOptions(
+                    engine=Engine.DEVICES, clients=clients, out=Path(d) / "run", run=run
+                )
+            )
         res[enabled] = m
     for enabled, m in res.items():
         ad = m.get("adapter", {})

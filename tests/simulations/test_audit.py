@@ -21,6 +21,7 @@ from server.storage import ServerStorage
 from simulations.audit import audit_device, audit_run
 from simulations.cli import main as cli_main
 from simulations.empirical_audit import _attack, one_run_lower_bound
+from simulations.options import Engine
 from simulations.simulate import SimulateOptions, simulate
 
 
@@ -38,6 +39,7 @@ def small_budget_run(tmp_path_factory: pytest.TempPathFactory, cache: Path) -> P
     one = gaussian_epsilon(z, 1e-5)
     simulate(
         SimulateOptions(
+            engine=Engine.DEVICES,
             clients=6,
             out=out,
             run=run,

@@ -13,6 +13,7 @@ from common.config import PrivacyConfig, RunConfig
 from common.records import ReleaseMode
 from simulations.audit import audit_run
 from simulations.cli import main as cli_main
+from simulations.options import Engine
 from simulations.simulate import SimulateOptions, simulate
 
 
@@ -28,7 +29,13 @@ def secagg_no_dp_run(tmp_path_factory: pytest.TempPathFactory, cache: Path) -> P
     )
     simulate(
         SimulateOptions(
-            clients=6, out=out, run=run, events_per_user=20, cache=cache, evaluate=False
+            engine=Engine.DEVICES,
+            clients=6,
+            out=out,
+            run=run,
+            events_per_user=20,
+            cache=cache,
+            evaluate=False,
         )
     )
     return out

@@ -17,6 +17,7 @@ from common.metrics import classification_scores
 from common.privacy import Mechanism
 from common.records import ReleaseMode
 from simulations.audit import audit_run
+from simulations.options import Engine
 from simulations.profile_eval import temporal_split
 from simulations.simulate import SimulateOptions, simulate
 
@@ -32,7 +33,11 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory, cache: Path) -> Path:
         privacy=PrivacyConfig(epsilon=3.0, mode=ReleaseMode.LOCAL),
         analytics=AnalyticsConfig(popularity=True, histogram=True, top_k=2),
     )
-    simulate(SimulateOptions(clients=8, out=out, run=run, events_per_user=30, cache=cache))
+    simulate(
+        SimulateOptions(
+            engine=Engine.DEVICES, clients=8, out=out, run=run, events_per_user=30, cache=cache
+        )
+    )
     return out
 
 

@@ -21,6 +21,7 @@ from common.records import ReleaseMode
 from server.aggregation import LeafState
 from server.storage import ServerStorage
 from simulations.faults import poison_mod
+from simulations.options import Engine
 from simulations.simulate import SimulateOptions, simulate
 
 pytestmark = pytest.mark.slow
@@ -69,6 +70,7 @@ def test_ten_percent_poisoners_move_the_tree_little_with_trimmed_mean(
         out = tmp_path / name
         simulate(
             SimulateOptions(
+                engine=Engine.DEVICES,
                 clients=10,
                 out=out,
                 run=replace(run_cfg, robust=robust),
@@ -123,6 +125,7 @@ def dropout_run(tmp_path_factory: pytest.TempPathFactory, cache: Path) -> Path:
     )
     simulate(
         SimulateOptions(
+            engine=Engine.DEVICES,
             clients=10,
             out=out,
             run=run,
@@ -232,7 +235,8 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(
     count, same ledger entries per device (a device that released in the killed round reuses
     its persisted release instead of spending again) and the same audited epsilon as an
     uninterrupted run."""
-    args = ["--clients", "5", "--rounds", "6", "--events-per-user", "20", "--seed", "3"]
+    args = ["--engine", "devices", "--clients", "5", "--rounds", "6", "--events-per-user", "20"]
+    args += ["--seed", "3"]
     args += ["--cache", str(cache), "--quiet"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     ref, crashed = tmp_path / "ref", tmp_path / "crashed"

@@ -23,6 +23,7 @@ import pytest
 
 from common.config import PrivacyConfig, RunConfig
 from common.hierarchy import Hierarchy, Node, NodeChange
+from simulations.options import Engine
 from simulations.report import MAX_REPORT_BYTES, write_report
 from simulations.simulate import SimulateOptions
 from simulations.sweep import (
@@ -315,7 +316,9 @@ def sweep_dir(tmp_path_factory: pytest.TempPathFactory, cache: Path) -> Path:
     opts = SweepOptions(
         epsilons=(1.0, 4.0),
         out=base / "sweep",
-        base=SimulateOptions(dataset=f"events:{events}", clients=6, run=run, cache=cache),
+        base=SimulateOptions(
+            engine=Engine.DEVICES, dataset=f"events:{events}", clients=6, run=run, cache=cache
+        ),
     )
     doc = run_sweep(opts)
     assert [r["status"] for r in doc["runs"]] == ["ok", "ok"], doc["runs"]
@@ -338,6 +341,7 @@ def test_sweep_writes_json_report_and_resumes(sweep_dir: Path, cache: Path) -> N
     table = format_table(doc)
     assert "centralized" in table and "nmi_level1" in table
     settings = SimulateOptions(
+        engine=Engine.DEVICES,
         dataset=doc["settings"]["dataset"],
         clients=6,
         run=RunConfig(rounds=2, seed=3, privacy=PrivacyConfig(epsilon=4.0)),

@@ -14,6 +14,7 @@ import pytest
 
 from common.config import PrivacyConfig, RunConfig
 from simulations.cli import main
+from simulations.options import Engine
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +31,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, cache: Path) -> Path:
     run = base / "run"
     simulate(
         SimulateOptions(
+            engine=Engine.DEVICES,
             dataset=f"events:{events}",
             clients=6,
             out=run,

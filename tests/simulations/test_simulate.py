@@ -25,6 +25,7 @@ from common.records import (
     ReplyStatus,
 )
 from simulations.evaluation import METRIC_KEYS
+from simulations.options import Engine
 from simulations.simulate import SimulateOptions, simulate
 
 pytestmark = pytest.mark.slow
@@ -36,7 +37,7 @@ def _options(out: Path, cache: Path, mode: ReleaseMode, **over: Any) -> Simulate
         dataset="synthetic", clients=6, out=out, run=run, events_per_user=25, cache=cache
     )
     base.update(over)
-    return SimulateOptions(**base)
+    return SimulateOptions(**{"engine": Engine.DEVICES, **base})
 
 
 def _record_keys(msg: Any) -> dict[str, Any]:
@@ -245,6 +246,7 @@ def test_adapter_round_trip_in_simulation(tmp_path: Path, cache: Path) -> None:
     out = tmp_path / "run"
     opts = _options(out, cache, ReleaseMode.LOCAL)
     opts = SimulateOptions(
+        engine=Engine.DEVICES,
         **{
             **opts.__dict__,
             "run": RunConfig(
@@ -253,7 +255,7 @@ def test_adapter_round_trip_in_simulation(tmp_path: Path, cache: Path) -> None:
                 privacy=PrivacyConfig(epsilon=3.0, mode=ReleaseMode.LOCAL),
                 adapter=AdapterConfig(enabled=True, steps=3),
             ),
-        }
+        },
     )
     metrics = simulate(opts, on_reply=replies.append)
     assert metrics["rounds_completed"] == 2 and metrics["epsilon_event_level_total"] <= 3.0 + 1e-6
