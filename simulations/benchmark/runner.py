@@ -40,6 +40,7 @@ SECTIONS: dict[str, Callable[[bool], list[dict[str, Any]]]] = {
     "simulate": simulate.run,
     "synthetic": synthetic.run,
     "scale": scale.run,
+    "engines": scale.run_quality,
 }
 
 

@@ -26,7 +26,7 @@ from typing import Any
 from simulations.benchmark.simulation_process import run_simulation
 from simulations.benchmark.timing import load_average
 
-__all__ = ["run"]
+__all__ = ["run", "run_quality"]
 
 
 def _warm_cache(clients: int, seed: int) -> float:
@@ -53,6 +53,7 @@ def _row(case: str, clients: int, rounds: int, res: dict[str, Any]) -> dict[str,
     t = res["timing"]
     device_rounds = clients * rounds
     ratio = res.get("ratio") or {}
+    rounds_s = [r["seconds"] for r in res["rounds"]]
     return {
         "section": "scale",
         "case": case,
@@ -60,6 +61,8 @@ def _row(case: str, clients: int, rounds: int, res: dict[str, Any]) -> dict[str,
         "wall_s": res["process_wall_s"],
         "federated_s": t["federated_seconds"],
         "ms_per_device_round": 1000 * t["federated_seconds"] / device_rounds,
+        # the marginal cost: a round's own seconds (no process or Ray start-up) per device
+        "round_ms_per_device": 1000 * statistics.median(rounds_s) / clients,
         "cpu_ms_per_device_round": 1000 * res["cpu_s"] / device_rounds,
         "prepare_s": t.get("prepare_seconds", float("nan")),
         "evaluate_s": t.get("evaluate_seconds", float("nan")),
@@ -89,16 +92,9 @@ def run(quick: bool) -> list[dict[str, Any]]:
                 }
             )
             row = _row(f"{engine}: {clients} devices x {rounds} rounds", clients, rounds, res)
-            per[engine] = row["ms_per_device_round"]
+            per[engine] = row["round_ms_per_device"]
+            per[engine + "-total"] = row["ms_per_device_round"]
             rows.append(row)
-        rows.append(
-            {
-                "section": "scale",
-                "case": "devices / batched, per device-round (same population, same run)",
-                "load": load_average(),
-                "speedup": per["devices"] / per["batched"],
-            }
-        )
         for clients in sizes:
             print(f"  scale: warming the cache for {clients} devices", file=sys.stderr, flush=True)
             _warm_cache(clients, 0)
@@ -112,6 +108,63 @@ def run(quick: bool) -> list[dict[str, Any]]:
                 }
             )
             rows.append(_row(f"batched: {clients} devices x 5 rounds", clients, 5, res))
-            rounds_s = [r["seconds"] for r in res["rounds"]]
-            rows[-1]["round_median_s"] = statistics.median(rounds_s) if rounds_s else float("nan")
+            per[f"batched-{clients}"] = rows[-1]["round_ms_per_device"]
+    rows.append(
+        {
+            "section": "scale",
+            "case": f"devices / batched per device-round, same {side[0]} devices, round time",
+            "load": load_average(),
+            "speedup": per["devices"] / per["batched"],
+        }
+    )
+    rows.append(
+        {
+            "section": "scale",
+            "case": f"devices / batched per device-round, same {side[0]} devices, with start-up",
+            "load": load_average(),
+            "speedup": per["devices-total"] / per["batched-total"],
+        }
+    )
+    rows.append(
+        {
+            "section": "scale",
+            "case": f"devices ({side[0]}) / batched ({sizes[-1]}) per device-round, round time",
+            "load": load_average(),
+            "speedup": per["devices"] / per[f"batched-{sizes[-1]}"],
+        }
+    )
+    return rows
+
+
+def run_quality(quick: bool) -> list[dict[str, Any]]:
+    """Section ``engines``: ratios to centralized of both engines where they overlap (100 and,
+    full run, 1,000 devices; several seeds each, so the devices engine's run-to-run spread is
+    measured beside the batched engine's figures)."""
+    plan = ((100, (0, 1)),) if quick else ((100, (0, 1, 2)), (1000, (0, 1)))
+    rows: list[dict[str, Any]] = []
+    keys = ("nmi_level1", "nmi_level2", "item_nmi_level2", "dendrogram_purity")
+    with tempfile.TemporaryDirectory() as d:
+        for clients, seeds in plan:
+            _warm_cache(clients, 0)
+            for engine in ("devices", "batched"):
+                for seed in seeds:
+                    res = run_simulation(
+                        {
+                            "clients": clients,
+                            "rounds": 5,
+                            "engine": engine,
+                            "seed": seed,
+                            "out": str(Path(d) / f"q-{engine}-{clients}-{seed}"),
+                        }
+                    )
+                    ratio = res.get("ratio") or {}
+                    rows.append(
+                        {
+                            "section": "engines",
+                            "case": f"{engine}: {clients} devices, seed {seed}",
+                            "load": res["load_before"],
+                            "wall_s": res["process_wall_s"],
+                            **{f"ratio_{k}": ratio.get(k) or float("nan") for k in keys},
+                        }
+                    )
     return rows

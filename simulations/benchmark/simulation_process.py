@@ -27,6 +27,7 @@ def simulate_child(spec: dict[str, Any]) -> dict[str, Any]:
 
     run = RunConfig(
         rounds=int(spec["rounds"]),
+        seed=int(spec.get("seed", 0)),
         privacy=PrivacyConfig(mode=spec.get("mode", "secagg")),
         analytics=AnalyticsConfig(popularity=bool(spec.get("popularity", True))),
     )
