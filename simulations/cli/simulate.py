@@ -314,6 +314,7 @@ def add_run_settings(p: argparse.ArgumentParser) -> None:
     """The run settings ``simulate`` and ``sweep`` share (dataset, population, privacy mode,
     tree and analytics settings); defaults from :class:`RunConfig`."""
     d = RunConfig()
+    o = _options.SimulateOptions()
     p.add_argument(
         "--dataset",
         default=None,
@@ -323,9 +324,8 @@ def add_run_settings(p: argparse.ArgumentParser) -> None:
         "--clients",
         type=positive_int,
         default=None,
-        help="virtual clients, one per user (default 100)",
+        help=f"virtual clients, one per user (default {o.clients})",
     )
-    o = _options.SimulateOptions()
     p.add_argument(
         "--engine",
         choices=[e.value for e in _options.Engine],
