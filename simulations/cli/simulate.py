@@ -239,11 +239,17 @@ def _print_run_summary(run_dir: Path, metrics: dict[str, Any]) -> None:
             print(f"{name:<20}" + "".join(f"{ranking[c][key]:>13.3f}" for c in sides))
     eps = metrics["epsilon_event_level_total"]
     eps_s = eps if isinstance(eps, str) else f"{eps:.3f}"
+    up = metrics["bytes_up_per_client_per_round"]
+    # the batched engine measures bytes per shard, not per client (metrics.json: null)
+    up_s = (
+        "bytes per client not measured"
+        if up is None
+        else f"{up / 1024:.1f} KiB up per client per round"
+    )
     print(
         f"\nmode {metrics['mode']}, event-level epsilon {eps_s} (delta {metrics['delta']:g}) over "
         f"{metrics['rounds_completed']}/{metrics['rounds']} rounds, {metrics['clients']} clients, "
-        f"{metrics['bytes_up_per_client_per_round'] / 1024:.1f} KiB up per client per round, "
-        f"{metrics['wall_seconds']:.0f}s"
+        f"{up_s}, {metrics['wall_seconds']:.0f}s"
     )
     print(f"wrote {run_dir}/hierarchy.json, metrics.json, rounds.jsonl")
 
