@@ -36,10 +36,11 @@ import numpy.typing as npt
 from common.errors import StoreError
 from common.privacy import LedgerEntry
 
-__all__ = ["SHARD_SCHEMA_VERSION", "ShardData", "ShardStore", "StoredRelease"]
+__all__ = ["SHARD_KIND", "SHARD_SCHEMA_VERSION", "ShardData", "ShardStore", "StoredRelease"]
 
 SHARD_SCHEMA_VERSION = 1
-_KIND = "fedinterest-shard"
+#: ``meta.kind`` of a shard store (a device store has no ``kind``): what tells the two apart
+SHARD_KIND = "fedinterest-shard"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -144,7 +145,7 @@ class ShardStore:
             self._conn.execute("PRAGMA synchronous=FULL")
             if create:
                 self._conn.executescript(_SCHEMA)
-                self._set_meta_if_absent("kind", _KIND)
+                self._set_meta_if_absent("kind", SHARD_KIND)
                 self._set_meta_if_absent("schema_version", str(SHARD_SCHEMA_VERSION))
         self._check_kind()
 
@@ -162,7 +163,7 @@ class ShardStore:
             raise StoreError(
                 f"{str(self.path)!r} is not a fedinterest shard store: {err}."
             ) from None
-        if row is None or row[0] != _KIND:
+        if row is None or row[0] != SHARD_KIND:
             self._conn.close()
             raise StoreError(f"{str(self.path)!r} is not a fedinterest shard store.")
         if ver is None or int(ver[0]) != SHARD_SCHEMA_VERSION:

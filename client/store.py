@@ -161,10 +161,23 @@ def _store_schema_version(path: Path, timeout: float) -> int | None:
             if "meta" in tables
             else None
         )
+        kind = (
+            conn.execute("SELECT value FROM meta WHERE key = 'kind'").fetchone()
+            if "meta" in tables
+            else None
+        )
     except sqlite3.DatabaseError as err:
         raise StoreError(f"{str(path)!r} is not a fedinterest store: {err}.") from err
     finally:
         conn.close()
+    if kind is not None:
+        # a batched run's shard store (client.shard_store) has a schema version too: opened
+        # as a device store, it would get the device tables added to it
+        raise StoreError(
+            f"{str(path)!r} is a {kind[0]!r} database (many users of a batched run), not a "
+            "device store; `fedinterest audit RUN_DIR` and `fedinterest report RUN_DIR` read "
+            "a batched run's shard stores."
+        )
     if row is None:
         shown = ", ".join(sorted(tables)[:5]) + (" ..." if len(tables) > 5 else "")
         raise StoreError(

@@ -79,8 +79,13 @@ def run(args: argparse.Namespace) -> int:
             f"audit of {args.run_dir} (delta {report['delta']:g}, {report['accountant']} accountant)"
         )
         if ev["devices"]:
+            over = (
+                f"{ev['devices']} users of a batched run ({ev['distinct_ledgers']} distinct ledger{'s' if ev['distinct_ledgers'] != 1 else ''})"
+                if "distinct_ledgers" in ev
+                else f"{ev['devices']} devices"
+            )
             print(
-                f"  event level over {ev['devices']} devices: min {fmt_eps(ev['epsilon_min'])}, "
+                f"  event level over {over}: min {fmt_eps(ev['epsilon_min'])}, "
                 f"median {fmt_eps(ev['epsilon_median'])}, max {fmt_eps(ev['epsilon_max'])}; "
                 f"over budget: {len(ev['over_budget'])}"
             )

@@ -122,32 +122,46 @@ def _read_audit(path: Path, *, can_recompute: bool) -> dict[str, Any]:
     return audit
 
 
-def _stored_audit(run_dir: Path, *, reaudit: bool) -> tuple[dict[str, Any] | None, str] | None:
+def _is_batched(config: dict[str, Any]) -> bool:
+    """A batched run (``--engine batched``): its users are in a few shard stores
+    (``clients/shard-NNN.db``), not one device store each."""
+    return config.get("engine") == "batched"
+
+
+def _stored_audit(
+    run_dir: Path, config: dict[str, Any], *, reaudit: bool
+) -> tuple[dict[str, Any] | None, str] | None:
     """``audit.json``'s content, checked, when the report uses it as it is: ``(audit, source)``;
     ``None`` when it is to be recomputed from the ledgers (see :func:`_recomputed_audit`)."""
     have_stores = (
         any((run_dir / "clients").glob("*.db")) if (run_dir / "clients").is_dir() else False
     )
+    stores = "shard stores" if _is_batched(config) else "device stores"
     path = run_dir / "audit.json"
     if not reaudit and not _audit_is_stale(run_dir):
         return _read_audit(path, can_recompute=have_stores), "audit.json"
     if have_stores:
         return None
     if path.is_file():
-        return _read_audit(
-            path, can_recompute=False
-        ), "audit.json (no device stores to recompute it)"
+        return _read_audit(path, can_recompute=False), f"audit.json (no {stores} to recompute it)"
     return (
         None,
-        "no audit.json and no device stores under clients/: event-level audit unavailable",
+        f"no audit.json and no {stores} under clients/: event-level audit unavailable",
     )
 
 
-def _recomputed_audit(run_dir: Path, say: Progress) -> tuple[dict[str, Any], str]:
+def _recomputed_audit(
+    run_dir: Path, config: dict[str, Any], say: Progress
+) -> tuple[dict[str, Any], str]:
     from simulations.audit import audit_run
 
     n = len(list((run_dir / "clients").glob("*.db")))
-    say(f"auditing the ledgers of {n} devices and the server")
+    if _is_batched(config):
+        say(
+            f"auditing the ledgers of {config.get('clients')} users in {n} shard stores and the server"
+        )
+    else:
+        say(f"auditing the ledgers of {n} devices and the server")
     t0 = time.perf_counter()
     report = audit_run(run_dir)
     say(f"audit done in {time.perf_counter() - t0:.1f}s (wrote {run_dir / 'audit.json'})")
@@ -198,8 +212,16 @@ def _utility_per_version(
     """Clustering metrics of every version on the devices' own (training) events.
 
     Evaluation only: it reads the simulation's device stores (ground-truth categories and the
-    embeddings each device cached), which no deployed server could.
+    embeddings each device cached), which no deployed server could. A batched run's shard
+    stores keep no categories: there, it says so.
     """
+    if _is_batched(config):
+        return [], (
+            "a batched run: its shard stores (clients/shard-NNN.db) keep each user's events as "
+            "text hashes and embeddings but no ground-truth categories, so the metrics of each "
+            "version cannot be computed from them; the end-of-run metrics below are "
+            "metrics.json's"
+        )
     stores = sorted((run_dir / "clients").glob("*.db")) if (run_dir / "clients").is_dir() else []
     if not stores:
         return [], "no device stores under clients/: per-version metrics unavailable"
@@ -344,7 +366,9 @@ def load_run(
     for name in RUN_FILES:
         check_file(d / name)
     if (d / "clients").exists() and not (d / "clients").is_dir():
-        raise ConfigError(f"{d / 'clients'} must be a directory of device stores. Found a file.")
+        raise ConfigError(
+            f"{d / 'clients'} must be a directory of device (or shard) stores. Found a file."
+        )
     if not (d / "config.json").exists():
         raise ConfigError(
             f"{str(d)!r} is not a run directory (no config.json); make one with "
@@ -361,7 +385,7 @@ def load_run(
             f"{d / 'hierarchy.json'} must exist (or server.db hold a hierarchy version). Found "
             "neither: the run has no interest tree to report (it finished no round)."
         )
-    stored = _stored_audit(d, reaudit=reaudit)
+    stored = _stored_audit(d, config, reaudit=reaudit)
     if utility:
         _encoder_id(d)
     # every file checked: the long steps (the audit writes audit.json)
@@ -373,7 +397,7 @@ def load_run(
     else:
         data.utility_note = "not computed (--no-utility)"
     if stored is None:
-        data.audit, data.audit_source = _recomputed_audit(d, say)
+        data.audit, data.audit_source = _recomputed_audit(d, config, say)
     audit, priv = data.audit, data.privacy
     delta = float(audit["delta"]) if audit else (as_number(priv.get("delta")) or 1e-5)
     accountant = str(audit["accountant"]) if audit else str(priv.get("accountant") or "pld")

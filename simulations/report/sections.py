@@ -250,6 +250,10 @@ def _utility_section(page: Page, data: RunData) -> None:
         )
     else:
         s.para(f"Per-version metrics: {data.utility_note}.", "note")
+    sample = (m or {}).get("evaluation")
+    if isinstance(sample, Mapping) and sample.get("users") != sample.get("population"):
+        # the batched engine's metrics on a seeded sample of a large population
+        s.para(f"End-of-run metrics: {sample.get('note')}.", "note")
     if m and isinstance(m.get("federated"), Mapping):
         s.figure("fig-utility", metrics_bar_figure(m))
         ratio = m.get("ratio") or {}
@@ -342,10 +346,19 @@ def _utility_section(page: Page, data: RunData) -> None:
 def _parameters_section(page: Page, data: RunData) -> None:
     s = page.section("parameters", "Run parameters")
     m = data.metrics or {}
+    batched = data.config.get("engine") == "batched"
+    # the batched engine measures message bytes per shard, not per device (metrics.json: null)
+    unmeasured = "not measured (batched engine: bytes per shard)" if batched else None
     facts = [
         ("run directory", str(data.run_dir)),
         ("dataset", m.get("dataset", data.config.get("dataset"))),
         ("devices", m.get("clients", data.config.get("clients"))),
+        (
+            "engine",
+            f"batched: {data.config.get('workers')} shard stores (clients/shard-NNN.db)"
+            if batched
+            else data.config.get("engine"),
+        ),
         ("training events", m.get("events")),
         ("catalogue items", m.get("catalogue_items")),
         (
@@ -355,11 +368,15 @@ def _parameters_section(page: Page, data: RunData) -> None:
         ("noise multiplier", m.get("noise_multiplier")),
         (
             "KiB up per device per round",
-            (as_number(m.get("bytes_up_per_client_per_round")) or 0) / 1024 if m else None,
+            (unmeasured or (as_number(m.get("bytes_up_per_client_per_round")) or 0) / 1024)
+            if m
+            else None,
         ),
         (
             "KiB down per device per round",
-            (as_number(m.get("bytes_down_per_client_per_round")) or 0) / 1024 if m else None,
+            (unmeasured or (as_number(m.get("bytes_down_per_client_per_round")) or 0) / 1024)
+            if m
+            else None,
         ),
         ("wall seconds", m.get("wall_seconds")),
         (

@@ -104,6 +104,21 @@ def test_missing_store_and_foreign_file_errors(tmp_path: Path) -> None:
         EventStore(junk)
 
 
+def test_a_shard_store_is_refused_untouched(tmp_path: Path) -> None:
+    """A batched run's shard store has a schema version too; opened as a device store it used
+    to get the device tables added to it. It is refused, byte for byte unchanged, with or
+    without create."""
+    from client.shard_store import ShardStore
+
+    path = tmp_path / "shard-000.db"
+    ShardStore(path, create=True).close()
+    before = path.read_bytes()
+    for create in (False, True):
+        with pytest.raises(StoreError, match="not a device store"):
+            EventStore(path, create=create)
+    assert path.read_bytes() == before
+
+
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
     """A store written by a newer schema is refused, not misread."""
     path = tmp_path / "d.db"
