@@ -77,7 +77,10 @@ log = logging.getLogger("fedinterest.client")
 NODE_STORE_KEY = "store"
 NODE_BUDGET_EPSILON_KEY = "budget-epsilon"
 NODE_MODEL_DIR_KEY = "model-dir"
+NODE_DELTA_KEY = "delta"
 DEFAULT_DEVICE_EPSILON = 4.0
+#: The delta a device accounts its budget at; a round announcing a larger one is refused.
+DEFAULT_DEVICE_DELTA = 1e-5
 #: Device state key of the latest public adapter (for profiles between rounds).
 ADAPTER_STATE_KEY = "adapter"
 
@@ -92,6 +95,9 @@ class DeviceSettings:
         allow_no_dp: accept rounds without noise (simulation of ``--no-dp`` only).
         model_dir: a local HF model directory instead of the bundled MiniLM.
         noise_seed: seed for the DP noise (tests only; ``None`` = OS entropy).
+        delta: the delta this device accounts its budget at; a round announcing a larger delta
+            is refused (a server announcing delta 0.1 would otherwise buy ~100 releases out of a
+            lifetime epsilon 4).
     """
 
     store: Path
@@ -99,6 +105,7 @@ class DeviceSettings:
     allow_no_dp: bool = False
     model_dir: str | None = None
     noise_seed: int | None = None
+    delta: float = DEFAULT_DEVICE_DELTA
 
 
 def store_from_node_config(context: Context) -> DeviceSettings:
@@ -112,10 +119,16 @@ def store_from_node_config(context: Context) -> DeviceSettings:
         )
     eps = cfg.get(NODE_BUDGET_EPSILON_KEY, DEFAULT_DEVICE_EPSILON)
     model_dir = cfg.get(NODE_MODEL_DIR_KEY)
+    delta = float(str(cfg.get(NODE_DELTA_KEY, DEFAULT_DEVICE_DELTA)))
+    if not 0 < delta < 1:
+        raise ConfigError(
+            f"the node config's `{NODE_DELTA_KEY}` must be in (0, 1). Found {delta!r}."
+        )
     return DeviceSettings(
         store=Path(str(cfg[NODE_STORE_KEY])),
         budget_epsilon=float(str(eps)),
         model_dir=None if model_dir is None else str(model_dir),
+        delta=delta,
     )
 
 
@@ -130,9 +143,16 @@ def _encoder(model_dir: str | None) -> TextEncoder:
 
 
 def _budget(settings: DeviceSettings, delta: float) -> PrivacyBudget | None:
+    """The device's budget, accounted at **its own** delta; a round announcing a larger delta
+    than the device holds is refused (fail closed: the device never takes the server's)."""
+    if delta > settings.delta:
+        raise ReleaseRefusedError(
+            f"the round announces delta {delta:g}, above this device's {settings.delta:g}; "
+            "refusing to release."
+        )
     if settings.budget_epsilon is None:
         return None
-    return PrivacyBudget(settings.budget_epsilon, delta)
+    return PrivacyBudget(settings.budget_epsilon, settings.delta)
 
 
 def _rng_seed(settings: DeviceSettings, salt: int) -> int | None:

@@ -28,7 +28,10 @@ quality flags computed from the device's statistics) are deliberately not applie
 would let one event change other events' contributions.
 
 A repeated request for the same round and hierarchy version gets the same stored noisy
-release back (post-processing, no new spend).
+release back (post-processing, no new spend), but only if every mechanism parameter matches
+(:func:`mechanism_digest`); a request for the same round and version under other parameters
+is refused: never re-sent (a secure-aggregation share in the clear, a share sized for another
+cohort), never released a second time.
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ __all__ = [
     "event_vectors",
     "histogram_release",
     "leaf_sums",
+    "mechanism_digest",
     "nearest_group",
     "public_projection",
     "release_key",
@@ -264,6 +268,19 @@ def release_key(params: ReleaseParams) -> str:
     )
 
 
+_MECHANISM_SUFFIX = ":mechanism"
+
+
+def mechanism_digest(params: ReleaseParams, shape: tuple[int, ...]) -> str:
+    """A digest of every parameter of a release's mechanism (the whole round config and the
+    release's shape): a stored release answers only a request with the same digest."""
+    import hashlib
+    import json
+
+    doc = json.dumps({"config": params.to_record(), "shape": list(shape)}, sort_keys=True)
+    return hashlib.sha256(doc.encode()).hexdigest()[:32]
+
+
 def _finalize(
     store: EventStore,
     params: ReleaseParams,
@@ -277,12 +294,22 @@ def _finalize(
     """The common tail of every release: replay a stored one, else check the budget, compute,
     clip to the user bound, noise, and commit the ledger entry with the release before it is
     returned for sending."""
+    digest = mechanism_digest(params, shape)
     stored = store.get_state(key)
     if stored is not None:
+        # a stored release is re-sent only to the very request it answered: every mechanism
+        # parameter (mode, noise, cohort, delta, shape, ...) must match; otherwise it is
+        # neither re-sent (a secagg share in the clear, a share sized for another cohort) nor
+        # released again (a second spend under the same round and version)
+        if store.get_state(key + _MECHANISM_SUFFIX) != digest.encode():
+            raise ReleaseRefusedError(
+                f"this device already released for round {params.server_round} (hierarchy "
+                f"version {params.hierarchy_version}, {params.task.value}) under other mechanism "
+                "parameters; refusing to re-send or to release again."
+            )
         sums = np.load(io.BytesIO(stored), allow_pickle=False)
-        if sums.shape == shape:
-            spent = _spent(store, budget) if budget is not None else math.inf
-            return ReleaseOutcome(sums.astype(np.float32), spent, reused=True)
+        spent = _spent(store, budget) if budget is not None else math.inf
+        return ReleaseOutcome(sums.astype(np.float32), spent, reused=True)
     entry = params.ledger_entry()
     # raises BudgetExceededError before anything is computed or recorded
     epsilon_after = (
@@ -297,6 +324,7 @@ def _finalize(
     with store.transaction():
         store.append_ledger(entry, in_transaction=True)
         store.set_state(key, buf.getvalue(), in_transaction=True)
+        store.set_state(key + _MECHANISM_SUFFIX, digest.encode(), in_transaction=True)
     if checkpoint is not None:
         checkpoint("after_ledger")
     return ReleaseOutcome(noisy, epsilon_after)

@@ -14,9 +14,10 @@ of those devices would (:func:`client.release.release_round`, :func:`~client.rel
   computation: the result depends on nothing else); users who would exceed it release
   nothing and are reported as ``budget_exceeded``, as a device replies;
 - the ledger rows of the releasing users and the noisy sum are committed in one transaction
-  before the sum is returned; a repeated request (same release key, same members) gets the
-  stored sum back (no new spend); a user who already released under that key for a different
-  cohort is refused, never asked to release twice.
+  before the sum is returned; a repeated request (same release key, same mechanism
+  parameters, same members) gets the stored sum back (no new spend); a user who already
+  released under that key, for another cohort or under other parameters, is refused, never
+  asked to release twice.
 
 **Noise.** Each releasing device adds ``N(0, s^2)`` (``s`` = the round's ``noise_std``: the
 secure-aggregation share or, in local mode, the full noise). The shard draws the sum of its
@@ -49,6 +50,7 @@ from client.release import (
     RELEASE_WEIGHTING,
     checked_centroids,
     checked_groups,
+    mechanism_digest,
     nearest_group,
     public_projection,
     release_key,
@@ -92,6 +94,8 @@ class ShardDevices:
         allow_no_dp: accept rounds without noise (``--no-dp`` simulations only).
         noise_seed: seeds the noise (tests only; ``None`` = OS entropy).
         shard: this shard's index (salts the seeded noise).
+        delta: the delta the devices account their budgets at; a larger announced one is
+            refused.
     """
 
     def __init__(
@@ -101,8 +105,10 @@ class ShardDevices:
         allow_no_dp: bool = False,
         noise_seed: int | None = None,
         shard: int = 0,
+        delta: float = 1e-5,
     ) -> None:
         self.path = Path(path)
+        self.delta = delta
         self.allow_no_dp = allow_no_dp
         self.noise_seed = noise_seed
         self.shard = shard
@@ -147,6 +153,11 @@ class ShardDevices:
         """
         t0 = time.perf_counter()
         params = RoundConfig.from_record(record, allow_no_dp=self.allow_no_dp)
+        if params.delta > self.delta:
+            # each device accounts at the delta it holds, never at a larger one announced
+            raise ReleaseRefusedError(
+                f"the round announces delta {params.delta:g}, above the devices' {self.delta:g}."
+            )
         asked = np.unique(np.asarray(members, dtype=np.int64))
         local = np.searchsorted(self.data.users, asked)
         known = (local < len(self.data.users)) & (
@@ -165,7 +176,12 @@ class ShardDevices:
                 # from a stale copy
                 self._load_ledgers(store)
             stored = store.stored_release(key)
-            if stored is not None and np.array_equal(stored.members, asked):
+            digest = mechanism_digest(params, tuple(np.shape(first)))
+            if (
+                stored is not None
+                and stored.mechanism == digest
+                and np.array_equal(stored.members, asked)
+            ):
                 return ShardOutcome(
                     stored.total if stored.usable else None,
                     stored.usable,
@@ -190,7 +206,11 @@ class ShardDevices:
             out_users = self.data.users[releasing]
             seqs = [len(self._ledgers[i]) + 1 for i in releasing]
             mech = store.record_release(
-                key, entry, out_users.tolist(), seqs, StoredRelease(asked, total, m, dict(statuses))
+                key,
+                entry,
+                out_users.tolist(),
+                seqs,
+                StoredRelease(digest, asked, total, m, dict(statuses)),
             )
         self._mechanisms[mech] = entry
         self._latest = mech
@@ -231,7 +251,7 @@ class ShardDevices:
                     check_budget(
                         [self._mechanisms[m] for m in sig[0]],
                         [entry],
-                        PrivacyBudget(budget, params.delta),
+                        PrivacyBudget(budget, self.delta),
                     )
                     ok = True
                 except BudgetExceededError:

@@ -26,6 +26,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.app import DEFAULT_DEVICE_DELTA
 from client.shard import ShardDevices
 from common.errors import ReleaseRefusedError, StoreError
 from common.records import (
@@ -45,12 +46,14 @@ log = logging.getLogger("fedinterest.client")
 
 @dataclass(frozen=True)
 class ShardSettings:
-    """How one shard runs: its store, its index, ``--no-dp`` acceptance, a test noise seed."""
+    """How one shard runs: its store, its index, ``--no-dp`` acceptance, a test noise seed and
+    the delta its devices hold."""
 
     store: Path
     shard: int
     allow_no_dp: bool = False
     noise_seed: int | None = None
+    delta: float = DEFAULT_DEVICE_DELTA
 
 
 #: The shards this process has loaded, by store path (Flower's Ray backend may run any node's
@@ -67,6 +70,7 @@ def _devices(settings: ShardSettings) -> ShardDevices:
             allow_no_dp=settings.allow_no_dp,
             noise_seed=settings.noise_seed,
             shard=settings.shard,
+            delta=settings.delta,
         )
         _SHARDS[settings.store] = dev
     return dev

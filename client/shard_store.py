@@ -38,7 +38,7 @@ from common.privacy import LedgerEntry
 
 __all__ = ["SHARD_KIND", "SHARD_SCHEMA_VERSION", "ShardData", "ShardStore", "StoredRelease"]
 
-SHARD_SCHEMA_VERSION = 1
+SHARD_SCHEMA_VERSION = 2
 #: ``meta.kind`` of a shard store (a device store has no ``kind``): what tells the two apart
 SHARD_KIND = "fedinterest-shard"
 
@@ -62,6 +62,7 @@ CREATE TABLE IF NOT EXISTS ledger (
 CREATE INDEX IF NOT EXISTS ledger_key ON ledger (release_key);
 CREATE TABLE IF NOT EXISTS releases (
     key TEXT PRIMARY KEY,
+    mechanism TEXT NOT NULL,           -- digest of every mechanism parameter of the request
     members BLOB NOT NULL,
     total BLOB NOT NULL,
     usable INTEGER NOT NULL,
@@ -117,8 +118,10 @@ class ShardData:
 
 @dataclass(frozen=True)
 class StoredRelease:
-    """A request's stored answer: its members, noisy sum, usable count and statuses."""
+    """A request's stored answer: the digest of its mechanism parameters, its members, noisy
+    sum, usable count and statuses."""
 
+    mechanism: str
     members: npt.NDArray[np.int64]
     total: npt.NDArray[np.float64]
     usable: int
@@ -298,12 +301,13 @@ class ShardStore:
 
     def stored_release(self, key: str) -> StoredRelease | None:
         row = self._conn.execute(
-            "SELECT members, total, usable, statuses FROM releases WHERE key = ?", (key,)
+            "SELECT mechanism, members, total, usable, statuses FROM releases WHERE key = ?",
+            (key,),
         ).fetchone()
         if row is None:
             return None
         return StoredRelease(
-            _from_blob(row[0]), _from_blob(row[1]), int(row[2]), json.loads(row[3])
+            str(row[0]), _from_blob(row[1]), _from_blob(row[2]), int(row[3]), json.loads(row[4])
         )
 
     def record_release(
@@ -325,10 +329,11 @@ class ShardStore:
                 [(int(u), int(s), mech, key) for u, s in zip(users, seqs, strict=True)],
             )
             conn.execute(
-                "INSERT OR REPLACE INTO releases (key, members, total, usable, statuses) "
-                "VALUES (?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO releases (key, mechanism, members, total, usable, statuses) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
                 (
                     key,
+                    release.mechanism,
                     _to_blob(release.members.astype(np.int64)),
                     _to_blob(release.total.astype(np.float64)),
                     release.usable,

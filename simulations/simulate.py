@@ -116,6 +116,7 @@ def _settings_resolver(
     allow_no_dp: bool,
     noise_seed: int | None,
     overrides: dict[int, float],
+    delta: float,
 ) -> Callable[[Any], Any]:
     from client.app import DeviceSettings
 
@@ -124,7 +125,11 @@ def _settings_resolver(
         seed = None if noise_seed is None else noise_seed * 100_003 + pid
         eps = overrides.get(pid, budget) if budget is not None else None
         return DeviceSettings(
-            _store_path(root, pid), budget_epsilon=eps, allow_no_dp=allow_no_dp, noise_seed=seed
+            _store_path(root, pid),
+            budget_epsilon=eps,
+            allow_no_dp=allow_no_dp,
+            noise_seed=seed,
+            delta=delta,
         )
 
     return settings_for
@@ -141,6 +146,7 @@ class _DeviceRecipe:
     noise_seed: int | None
     overrides: tuple[tuple[int, float], ...]
     mods: tuple[Any, ...]
+    delta: float
     shards: bool = False
 
 
@@ -166,7 +172,9 @@ def _client_app(recipe: _DeviceRecipe) -> Any:
             from simulations.engines.batched import shard_recipe_resolver
 
             app = build_shard_app(
-                shard_recipe_resolver(recipe.root, recipe.allow_no_dp, recipe.noise_seed),
+                shard_recipe_resolver(
+                    recipe.root, recipe.allow_no_dp, recipe.noise_seed, recipe.delta
+                ),
                 mods=list(recipe.mods),
             )
         else:
@@ -177,6 +185,7 @@ def _client_app(recipe: _DeviceRecipe) -> Any:
                     recipe.allow_no_dp,
                     recipe.noise_seed,
                     dict(recipe.overrides),
+                    recipe.delta,
                 ),
                 mods=[speedups_mod, *recipe.mods],
             )
@@ -648,6 +657,7 @@ def _run_flower(
             noise_seed=opts.noise_seed,
             overrides=tuple(sorted(opts.device_budgets.items())),
             mods=tuple(opts.client_mods),
+            delta=p.delta,
             shards=shards,
         )
     )

@@ -164,13 +164,14 @@ class EvaluationSample:
 
 
 def shard_recipe_resolver(
-    root: str, allow_no_dp: bool, noise_seed: int | None
+    root: str, allow_no_dp: bool, noise_seed: int | None, delta: float
 ) -> Callable[[Any], Any]:
-    """The shard settings of a virtual node (its partition id is its shard index)."""
+    """The shard settings of a virtual node (its partition id is its shard index); its
+    devices hold ``delta`` (the run's)."""
     from client.shard_app import ShardSettings
 
     def settings_for(context: Any) -> ShardSettings:
         pid = int(context.node_config["partition-id"])
-        return ShardSettings(shard_path(Path(root), pid), pid, allow_no_dp, noise_seed)
+        return ShardSettings(shard_path(Path(root), pid), pid, allow_no_dp, noise_seed, delta)
 
     return settings_for

@@ -442,7 +442,7 @@ def write_synthetic_batched_run(
                         entry,
                         us,
                         [seq[u] for u in us],
-                        StoredRelease(members, np.zeros(4), len(us), {"ok": len(us)}),
+                        StoredRelease("bench", members, np.zeros(4), len(us), {"ok": len(us)}),
                     )
 
 

@@ -1,0 +1,98 @@
+"""Devices protect themselves (issue 16, first part): a stored release answers only the very
+request it was made for, and a device accounts at its own delta, refusing a larger one. Each
+breach is tried against a real device store (and a real shard store) and must be refused
+with nothing written."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from client.app import DeviceSettings, _dispatch
+from client.release import release_round
+from client.shard import ShardDevices
+from client.shard_store import ShardStore
+from client.store import EventStore
+from common.errors import ReleaseRefusedError
+from common.privacy import PrivacyBudget
+from common.records import RoundKeys
+from common.round_config import RoundConfig
+from tests.client.test_release import HashEncoder, centroids, config
+from tests.client.test_shard import Population
+
+
+def _state(store: EventStore) -> tuple[int, list[tuple[str, bytes]]]:
+    rows = store.connection.execute("SELECT key, value FROM state ORDER BY key").fetchall()
+    return len(store.ledger()), [(str(k), bytes(v)) for k, v in rows]
+
+
+@pytest.mark.parametrize(
+    ("change", "first"),
+    [
+        ({RoundKeys.MODE: "secagg", RoundKeys.MIN_COHORT: 4}, None),  # a secagg share later
+        ({RoundKeys.NOISE_STD: 9.0}, None),  # another noise
+        ({RoundKeys.USER_CLIPPING_NORM: 3.0}, None),  # another bound
+        ({RoundKeys.DELTA: 1e-6}, None),  # another delta
+        ({}, 9),  # another number of leaves: before, this released a second time
+    ],
+)
+def test_a_stored_release_is_never_resent_under_other_parameters(
+    tmp_path: Path, change: dict[str, object], first: int | None
+) -> None:
+    pop = Population(tmp_path, 1)
+    enc = HashEncoder()
+    with EventStore(pop.devices[0], create=False) as s:
+        params = RoundConfig.from_record(config())
+        budget = PrivacyBudget(100.0, 1e-5)
+        out = release_round(
+            s, params, centroids(), encoder=enc, budget=budget, rng=np.random.default_rng(1)
+        )
+        again = release_round(
+            s, params, centroids(), encoder=enc, budget=budget, rng=np.random.default_rng(2)
+        )
+        assert again.reused and np.array_equal(again.sums, out.sums)
+        before = _state(s)
+        other = RoundConfig.from_record({**config(), **change})
+        with pytest.raises(ReleaseRefusedError, match="other mechanism parameters"):
+            release_round(
+                s,
+                other,
+                centroids(first or 6),
+                encoder=enc,
+                budget=budget,
+                rng=np.random.default_rng(3),
+            )
+        assert _state(s) == before
+
+
+def test_a_device_accounts_at_its_own_delta(tmp_path: Path) -> None:
+    """A round announcing a delta above the device's is refused before anything is written;
+    the budget is accounted at the device's delta."""
+    pop = Population(tmp_path, 1)
+    settings = DeviceSettings(pop.devices[0], budget_epsilon=4.0, delta=1e-5)
+    with EventStore(pop.devices[0], create=False) as s:
+        before = _state(s)
+    with pytest.raises(ReleaseRefusedError, match=r"delta 0\.1"):
+        _dispatch(settings, {**config(), RoundKeys.DELTA: 0.1}, centroids(), None)
+    with EventStore(pop.devices[0], create=False) as s:
+        assert _state(s) == before
+
+
+def test_a_shard_refuses_a_larger_delta_and_replays_under_other_parameters(
+    tmp_path: Path,
+) -> None:
+    pop = Population(tmp_path, 4, budget=100.0)
+    shard = ShardDevices(pop.shard, delta=1e-5)
+    with pytest.raises(ReleaseRefusedError, match=r"delta 0\.1"):
+        shard.release({**config(), RoundKeys.DELTA: 0.1}, centroids(), [0, 1, 2, 3])
+    out = shard.release(config(), centroids(), [0, 1, 2, 3])
+    assert out.usable == 4
+    assert shard.release(config(), centroids(), [0, 1, 2, 3]).reused
+    other = shard.release({**config(), RoundKeys.NOISE_STD: 9.0}, centroids(), [0, 1, 2, 3])
+    assert other.usable == 0 and other.statuses == {"refused": 4}
+    with ShardStore(pop.shard, read_only=True) as st:
+        assert [len(st.user_ledger(u)) for u in range(4)] == [1, 1, 1, 1]
+    assert math.isfinite(float(np.linalg.norm(out.total)))
