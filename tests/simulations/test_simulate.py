@@ -246,7 +246,6 @@ def test_adapter_round_trip_in_simulation(tmp_path: Path, cache: Path) -> None:
     out = tmp_path / "run"
     opts = _options(out, cache, ReleaseMode.LOCAL)
     opts = SimulateOptions(
-        engine=Engine.DEVICES,
         **{
             **opts.__dict__,
             "run": RunConfig(
