@@ -17,7 +17,8 @@ resolver the simulation passes to :func:`build_client_app`. A device that cannot
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,13 @@ from client.release import (
 )
 from client.store import EventStore
 from common.adapter import AdapterWeights
-from common.errors import BudgetExceededError, ConfigError, ReleaseRefusedError
+from common.errors import (
+    BudgetExceededError,
+    ConfigError,
+    DeviceRefusal,
+    RefusalCode,
+    ReleaseRefusedError,
+)
 from common.privacy import PrivacyBudget
 from common.records import (
     ADAPTER,
@@ -148,7 +155,8 @@ def _budget(settings: DeviceSettings, delta: float) -> PrivacyBudget | None:
     if delta > settings.delta:
         raise ReleaseRefusedError(
             f"the round announces delta {delta:g}, above this device's {settings.delta:g}; "
-            "refusing to release."
+            "refusing to release.",
+            RefusalCode.DELTA,
         )
     if settings.budget_epsilon is None:
         return None
@@ -286,6 +294,33 @@ def _run_adapter(
     return new
 
 
+def refusal_code(err: BaseException) -> tuple[ReplyStatus, RefusalCode]:
+    """The reply status and refusal code of an error raised by a release (what may leave the
+    device; the message stays in the device's log)."""
+    if isinstance(err, BudgetExceededError):
+        return ReplyStatus.BUDGET_EXCEEDED, RefusalCode.BUDGET
+    if isinstance(err, ReleaseRefusedError):
+        return ReplyStatus.REFUSED, err.code
+    if isinstance(err, ConfigError):
+        return ReplyStatus.REFUSED, RefusalCode.CONFIG
+    return ReplyStatus.REFUSED, RefusalCode.INTERNAL
+
+
+@contextmanager
+def _codes_only(settings_name: str) -> Iterator[None]:
+    """Around a secure-aggregation release: any error leaves as a :class:`DeviceRefusal` whose
+    text is its code (Flower sends an exception's text to the server); the message and the
+    traceback go to the device's own log."""
+    try:
+        yield
+    except DeviceRefusal:
+        raise
+    except Exception as err:
+        _status, code = refusal_code(err)
+        log.warning("device %s refused (%s): %s", settings_name, code.value, err)
+        raise DeviceRefusal(code) from None
+
+
 def _compact_upload_mod(msg: Message, context: Context, call_next: Any) -> Message:
     """Around ``secaggplus_mod``: the masked vector leaves as uint32 instead of int64 (the
     same integers mod 2^32; half the upload, see :func:`common.secagg_wire.compact_masked_vectors`)."""
@@ -295,19 +330,25 @@ def _compact_upload_mod(msg: Message, context: Context, call_next: Any) -> Messa
     return reply
 
 
-def _meta(status: ReplyStatus, cfg: dict[str, Any]) -> dict[str, Any]:
-    """The reply's metadata: the status and the round and version echoed back (-1 where the
-    config had no usable int: a refusal of a malformed config must not crash the handler)."""
+def _meta(
+    status: ReplyStatus, cfg: dict[str, Any], code: RefusalCode | None = None
+) -> dict[str, Any]:
+    """The reply's metadata: the status (and a refusal's code) and the round and version
+    echoed back (-1 where the config had no usable int: a refusal of a malformed config must
+    not crash the handler)."""
 
     def echo(key: str) -> int:
         v = cfg.get(key, -1)
         return v if isinstance(v, int) and not isinstance(v, bool) else -1
 
-    return {
+    out: dict[str, Any] = {
         ReplyKeys.STATUS: status.value,
         ReplyKeys.SERVER_ROUND: echo(RoundKeys.SERVER_ROUND),
         ReplyKeys.HIERARCHY_VERSION: echo(RoundKeys.HIERARCHY_VERSION),
     }
+    if code is not None:
+        out[ReplyKeys.CODE] = code.value
+    return out
 
 
 def build_client_app(
@@ -320,12 +361,14 @@ def build_client_app(
 
     @client.train(mods=[_compact_upload_mod, secaggplus_mod])
     def train_secagg(msg: Message, context: Context) -> Message:
-        arrays, cfg = read_fitins(msg.content)
-        adapter = AdapterWeights(arrays[1], arrays[2]) if len(arrays) == 3 else None
         settings = settings_for(context)
         # budget and refusals raise: the SecAgg+ stage turns that into an error reply and the
-        # device drops out of this round's sum without releasing anything
-        outcome = _dispatch(settings, cfg, arrays[0], adapter)
+        # device drops out of this round's sum without releasing anything; the error's text
+        # is its code only
+        with _codes_only(settings.store.name):
+            arrays, cfg = read_fitins(msg.content)
+            adapter = AdapterWeights(arrays[1], arrays[2]) if len(arrays) == 3 else None
+            outcome = _dispatch(settings, cfg, arrays[0], adapter)
         return Message(to_fitres(outcome.sums, _meta(ReplyStatus.OK, cfg)), reply_to=msg)
 
     def _local(msg: Message, context: Context, array_key: str) -> Message:
@@ -342,17 +385,11 @@ def build_client_app(
         settings = settings_for(context)
         try:
             outcome = _dispatch(settings, cfg, first, adapter)
-        except BudgetExceededError as err:
-            log.warning("device %s: %s", settings.store.name, err)
+        except Exception as err:
+            status, code = refusal_code(err)
+            log.warning("device %s refused (%s): %s", settings.store.name, code.value, err)
             return Message(
-                RecordDict({REPLY_META: ConfigRecord(_meta(ReplyStatus.BUDGET_EXCEEDED, cfg))}),
-                reply_to=msg,
-            )
-        except ReleaseRefusedError as err:
-            log.warning("device %s: %s", settings.store.name, err)
-            return Message(
-                RecordDict({REPLY_META: ConfigRecord(_meta(ReplyStatus.REFUSED, cfg))}),
-                reply_to=msg,
+                RecordDict({REPLY_META: ConfigRecord(_meta(status, cfg, code))}), reply_to=msg
             )
         content = RecordDict(
             {
@@ -389,18 +426,11 @@ def build_client_app(
         settings = settings_for(context)
         try:
             new = _run_adapter(settings, cfg, weights, negatives)
-        except BudgetExceededError as err:
-            log.warning("device %s: %s", settings.store.name, err)
+        except Exception as err:
+            status, code = refusal_code(err)
+            log.warning("device %s refused (%s): %s", settings.store.name, code.value, err)
             return Message(
-                RecordDict(
-                    {REPLY_META: ConfigRecord(_meta(ReplyStatus.BUDGET_EXCEEDED, meta_cfg))}
-                ),
-                reply_to=msg,
-            )
-        except ConfigError as err:
-            log.warning("device %s: %s", settings.store.name, err)
-            return Message(
-                RecordDict({REPLY_META: ConfigRecord(_meta(ReplyStatus.REFUSED, meta_cfg))}),
+                RecordDict({REPLY_META: ConfigRecord(_meta(status, meta_cfg, code))}),
                 reply_to=msg,
             )
         content = RecordDict(

@@ -48,7 +48,7 @@ from client.encoder import TextEncoder, encode_cached
 from client.local_clustering import assign_public
 from client.release_math import count_sum, histogram_sum, leaf_sum
 from client.store import EventStore
-from common.errors import ReleaseRefusedError
+from common.errors import RefusalCode, ReleaseRefusedError
 from common.events import Event
 from common.features import WeightingConfig, weights_for_events
 from common.privacy import (
@@ -305,7 +305,8 @@ def _finalize(
             raise ReleaseRefusedError(
                 f"this device already released for round {params.server_round} (hierarchy "
                 f"version {params.hierarchy_version}, {params.task.value}) under other mechanism "
-                "parameters; refusing to re-send or to release again."
+                "parameters; refusing to re-send or to release again.",
+                RefusalCode.REPLAY,
             )
         sums = np.load(io.BytesIO(stored), allow_pickle=False)
         spent = _spent(store, budget) if budget is not None else math.inf

@@ -6,13 +6,17 @@ the line or row: "`clipping_norm` must be > 0. Found -1.0."
 
 from __future__ import annotations
 
+import enum
+
 __all__ = [
     "BudgetExceededError",
     "ConfigError",
+    "DeviceRefusal",
     "EncoderError",
     "FedInterestError",
     "InvalidEventError",
     "InvalidReleaseError",
+    "RefusalCode",
     "ReleaseRefusedError",
     "StoreError",
 ]
@@ -76,6 +80,42 @@ class InvalidReleaseError(FedInterestError, ValueError):
     """A client's reply failed the server's validation."""
 
 
+class RefusalCode(str, enum.Enum):
+    """Why a device refused a round: the only thing about a refusal that leaves the device
+    (its reply carries the code, never the exception text, which may quote local state)."""
+
+    CONFIG = "config"
+    """The round config could not be parsed or failed a consistency check."""
+    NO_DP = "no_dp"
+    """A release without noise, to a device that does not allow one."""
+    DELTA = "delta"
+    """The round announces a larger delta than the device accounts at."""
+    MIN_COHORT = "min_cohort"
+    """The noise shares assume fewer devices than the device's own minimum cohort."""
+    REPLAY = "replay_mismatch"
+    """A release for this round and version was made under other mechanism parameters."""
+    UNIT = "unit"
+    """The round's privacy unit or mechanism is not one this device accepts."""
+    BUDGET = "budget_exceeded"
+    """The release would exceed the device's lifetime budget."""
+    INTERNAL = "internal"
+    """Anything else (the details stay in the device's own log)."""
+
+
 class ReleaseRefusedError(ConfigError):
     """A device refused a round: its config could not be parsed or failed the device's checks
-    (fail closed); nothing was released. The device answers with the ``refused`` status."""
+    (fail closed); nothing was released. The device answers with the ``refused`` status and
+    :attr:`code` (a :class:`RefusalCode`), never with this message."""
+
+    def __init__(self, message: str, code: RefusalCode = RefusalCode.CONFIG) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class DeviceRefusal(FedInterestError):
+    """What a secure-aggregation handler raises in place of any error: its text is only a
+    :class:`RefusalCode` (Flower forwards an exception's text to the server)."""
+
+    def __init__(self, code: RefusalCode) -> None:
+        super().__init__(code.value)
+        self.code = code

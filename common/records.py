@@ -213,6 +213,8 @@ class ReplyKeys:
     STATUS: Final = "status"
     SERVER_ROUND: Final = "server-round"
     HIERARCHY_VERSION: Final = "hierarchy-version"
+    CODE: Final = "code"
+    """A refusal's :class:`~common.errors.RefusalCode` (absent from an ok reply)."""
 
 
 class ReplyStatus(str, enum.Enum):

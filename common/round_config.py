@@ -35,7 +35,7 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from common.adapter import DPSGD_GROUP_SIZE, event_level_dpsgd
-from common.errors import ConfigError, ReleaseRefusedError
+from common.errors import ConfigError, RefusalCode, ReleaseRefusedError
 from common.privacy.ledger import LedgerEntry, Mechanism, Scope
 from common.privacy.mechanisms import secagg_share_std
 from common.records import TASK_SENSITIVITY, ReleaseMode, ReleaseTask, RoundKeys
@@ -359,7 +359,8 @@ class RoundConfig:
         if self.non_private and not allow_no_dp:
             raise ReleaseRefusedError(
                 "the round asks for a release without noise (noise-multiplier 0); this device "
-                "does not allow non-private releases. Refusing to release."
+                "does not allow non-private releases. Refusing to release.",
+                RefusalCode.NO_DP,
             )
         for name in ("clipping_norm", "max_weight", "user_clipping_norm"):
             if not getattr(self, name) > 0:

@@ -121,6 +121,7 @@ def validate_local_reply(
         ReplyKeys.STATUS,
         ReplyKeys.SERVER_ROUND,
         ReplyKeys.HIERARCHY_VERSION,
+        ReplyKeys.CODE,
     }
     if unknown_meta:
         raise InvalidReleaseError(

@@ -96,3 +96,48 @@ def test_a_shard_refuses_a_larger_delta_and_replays_under_other_parameters(
     with ShardStore(pop.shard, read_only=True) as st:
         assert [len(st.user_ledger(u)) for u in range(4)] == [1, 1, 1, 1]
     assert math.isfinite(float(np.linalg.norm(out.total)))
+
+
+def test_refusals_leave_the_device_as_codes_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refused round is answered with a status and a code; the exception's text (which can
+    quote local paths or values) never leaves the device: local mode through the real
+    ClientApp, secure aggregation through the handler's wrapper (Flower forwards an
+    exception's text to the server)."""
+    from flwr.app import ConfigRecord, Context, Message, RecordDict
+
+    from client.app import _codes_only, build_client_app
+    from common.errors import DeviceRefusal, RefusalCode
+    from common.records import REPLY_META, ROUND_CONFIG, ReplyKeys
+
+    # outside a SuperNode or a simulation, the process's task identity is unset
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for name in ("_run_id", "_node_id", "_task_id"):
+        monkeypatch.setattr(TaskIdentity, name, 1)
+    pop = Population(tmp_path, 1)
+    settings = DeviceSettings(pop.devices[0], budget_epsilon=4.0, delta=1e-5)
+    app = build_client_app(lambda _ctx: settings)
+    msg = Message(
+        RecordDict({ROUND_CONFIG: ConfigRecord({**config(), RoundKeys.DELTA: 0.1})}),
+        dst_node_id=1,
+        message_type="train.interests",
+    )
+    ctx = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    with EventStore(pop.devices[0], create=False) as s:
+        before = _state(s)
+    reply = app(msg, ctx)
+    meta = dict(reply.content.config_records[REPLY_META])
+    assert meta[ReplyKeys.STATUS] == "refused" and meta[ReplyKeys.CODE] == "delta"
+    assert not any(str(pop.devices[0]) in str(v) or "0.1" in str(v) for v in meta.values())
+    with EventStore(pop.devices[0], create=False) as s:
+        assert _state(s) == before
+
+    secret = f"cannot open {pop.devices[0]}"
+    with pytest.raises(DeviceRefusal) as caught, _codes_only("d"):
+        raise ReleaseRefusedError(secret, RefusalCode.MIN_COHORT)
+    assert str(caught.value) == "min_cohort" and caught.value.__cause__ is None
+    with pytest.raises(DeviceRefusal) as caught, _codes_only("d"):
+        raise OSError(secret)
+    assert str(caught.value) == "internal"
