@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 
 from client.encoder import EncoderConfig, MiniLMEncoder, TextEncoder
+from client.policy import DEFAULT_DEVICE_DELTA, DEFAULT_DEVICE_UNIT, DevicePolicy
 from client.release import (
     ReleaseOutcome,
     count_release,
@@ -40,11 +41,11 @@ from common.adapter import AdapterWeights
 from common.errors import (
     BudgetExceededError,
     ConfigError,
-    DeviceRefusal,
+    DeviceRefusalError,
     RefusalCode,
     ReleaseRefusedError,
 )
-from common.privacy import PrivacyBudget
+from common.privacy import PrivacyBudget, Scope
 from common.records import (
     ADAPTER,
     ADAPTER_A,
@@ -73,6 +74,7 @@ from common.secagg_wire import compact_masked_vectors, read_fitins, to_fitres
 
 __all__ = [
     "ADAPTER_STATE_KEY",
+    "DEFAULT_DEVICE_DELTA",
     "DeviceSettings",
     "app",
     "build_client_app",
@@ -85,9 +87,10 @@ NODE_STORE_KEY = "store"
 NODE_BUDGET_EPSILON_KEY = "budget-epsilon"
 NODE_MODEL_DIR_KEY = "model-dir"
 NODE_DELTA_KEY = "delta"
+NODE_UNIT_KEY = "unit"
+NODE_MIN_COHORT_KEY = "min-cohort"
+#: A device's lifetime budget at its unit (user level by default: the whole device).
 DEFAULT_DEVICE_EPSILON = 4.0
-#: The delta a device accounts its budget at; a round announcing a larger one is refused.
-DEFAULT_DEVICE_DELTA = 1e-5
 #: Device state key of the latest public adapter (for profiles between rounds).
 ADAPTER_STATE_KEY = "adapter"
 
@@ -98,13 +101,14 @@ class DeviceSettings:
 
     Attributes:
         store: its SQLite store.
-        budget_epsilon: lifetime event-level epsilon (``None`` only with ``allow_no_dp``).
+        budget_epsilon: lifetime epsilon at the policy's unit (``None`` only with
+            ``allow_no_dp``).
         allow_no_dp: accept rounds without noise (simulation of ``--no-dp`` only).
         model_dir: a local HF model directory instead of the bundled MiniLM.
         noise_seed: seed for the DP noise (tests only; ``None`` = OS entropy).
-        delta: the delta this device accounts its budget at; a round announcing a larger delta
-            is refused (a server announcing delta 0.1 would otherwise buy ~100 releases out of a
-            lifetime epsilon 4).
+        policy: its own delta, unit and minimum cohort (:class:`client.policy.DevicePolicy`):
+            a round breaching them is refused (a server announcing delta 0.1 would otherwise
+            buy ~100 releases out of a lifetime epsilon 4).
     """
 
     store: Path
@@ -112,12 +116,16 @@ class DeviceSettings:
     allow_no_dp: bool = False
     model_dir: str | None = None
     noise_seed: int | None = None
-    delta: float = DEFAULT_DEVICE_DELTA
+    policy: DevicePolicy = field(default_factory=DevicePolicy)
+
+    @property
+    def delta(self) -> float:
+        return self.policy.delta
 
 
 def store_from_node_config(context: Context) -> DeviceSettings:
     """Deployment: settings from the SuperNode's node config (``store``, ``budget-epsilon``,
-    ``model-dir``)."""
+    ``model-dir``, and the device's own ``delta``, ``unit`` and ``min-cohort``)."""
     cfg = context.node_config
     if NODE_STORE_KEY not in cfg:
         raise ConfigError(
@@ -126,16 +134,21 @@ def store_from_node_config(context: Context) -> DeviceSettings:
         )
     eps = cfg.get(NODE_BUDGET_EPSILON_KEY, DEFAULT_DEVICE_EPSILON)
     model_dir = cfg.get(NODE_MODEL_DIR_KEY)
-    delta = float(str(cfg.get(NODE_DELTA_KEY, DEFAULT_DEVICE_DELTA)))
-    if not 0 < delta < 1:
-        raise ConfigError(
-            f"the node config's `{NODE_DELTA_KEY}` must be in (0, 1). Found {delta!r}."
+    try:
+        delta = float(str(cfg.get(NODE_DELTA_KEY, DEFAULT_DEVICE_DELTA)))
+        raw_cohort = cfg.get(NODE_MIN_COHORT_KEY)
+        policy = DevicePolicy(
+            delta=delta,
+            unit=str(cfg.get(NODE_UNIT_KEY, DEFAULT_DEVICE_UNIT.value)),  # type: ignore[arg-type]
+            min_cohort=None if raw_cohort is None else int(str(raw_cohort)),
         )
+    except (ValueError, ConfigError) as err:
+        raise ConfigError(f"the node config is refused: {err}") from None
     return DeviceSettings(
         store=Path(str(cfg[NODE_STORE_KEY])),
         budget_epsilon=float(str(eps)),
         model_dir=None if model_dir is None else str(model_dir),
-        delta=delta,
+        policy=policy,
     )
 
 
@@ -150,17 +163,16 @@ def _encoder(model_dir: str | None) -> TextEncoder:
 
 
 def _budget(settings: DeviceSettings, delta: float) -> PrivacyBudget | None:
-    """The device's budget, accounted at **its own** delta; a round announcing a larger delta
-    than the device holds is refused (fail closed: the device never takes the server's)."""
+    """The device's budget, accounted at **its own** delta and unit; a round announcing a
+    larger delta than the device holds is refused (fail closed: the device never takes the
+    server's)."""
     if delta > settings.delta:
         raise ReleaseRefusedError(
             f"the round announces delta {delta:g}, above this device's {settings.delta:g}; "
             "refusing to release.",
             RefusalCode.DELTA,
         )
-    if settings.budget_epsilon is None:
-        return None
-    return PrivacyBudget(settings.budget_epsilon, settings.delta)
+    return settings.policy.budget(settings.budget_epsilon)
 
 
 def _rng_seed(settings: DeviceSettings, salt: int) -> int | None:
@@ -262,6 +274,7 @@ def _dispatch(
     """Parses the round config (refusing, fail closed, what it cannot parse or check) and runs
     the release its ``task`` asks for (leaf sums, item counts, histogram)."""
     params = RoundConfig.from_record(cfg, allow_no_dp=settings.allow_no_dp)
+    settings.policy.admit(params)
     return _RELEASES[params.task](settings, params, first, adapter)
 
 
@@ -278,6 +291,13 @@ def _run_adapter(
 ) -> AdapterWeights:
     from client.adapter import adapter_round, params_from_config
 
+    if settings.policy.unit is Scope.USER:
+        # DP-SGD bounds one event's examples, and the update leaves outside the secure sum: no
+        # user-level bound covers it, so a user-level device never trains the adapter
+        raise ReleaseRefusedError(
+            "this device keeps a user-level budget; the adapter's DP-SGD is event level. Refusing.",
+            RefusalCode.UNIT,
+        )
     params = params_from_config(cfg, allow_no_dp=settings.allow_no_dp)
     delta = float(cfg.get(AdapterKeys.DELTA, 1e-5))
     with _open_store(settings) as store:
@@ -308,17 +328,17 @@ def refusal_code(err: BaseException) -> tuple[ReplyStatus, RefusalCode]:
 
 @contextmanager
 def _codes_only(settings_name: str) -> Iterator[None]:
-    """Around a secure-aggregation release: any error leaves as a :class:`DeviceRefusal` whose
+    """Around a secure-aggregation release: any error leaves as a :class:`DeviceRefusalError` whose
     text is its code (Flower sends an exception's text to the server); the message and the
     traceback go to the device's own log."""
     try:
         yield
-    except DeviceRefusal:
+    except DeviceRefusalError:
         raise
     except Exception as err:
         _status, code = refusal_code(err)
         log.warning("device %s refused (%s): %s", settings_name, code.value, err)
-        raise DeviceRefusal(code) from None
+        raise DeviceRefusalError(code) from None
 
 
 def _compact_upload_mod(msg: Message, context: Context, call_next: Any) -> Message:

@@ -311,7 +311,8 @@ def _finalize(
         sums = np.load(io.BytesIO(stored), allow_pickle=False)
         spent = _spent(store, budget) if budget is not None else math.inf
         return ReleaseOutcome(sums.astype(np.float32), spent, reused=True)
-    entry = params.ledger_entry()
+    # recorded in the device's own unit (its budget's scope), whatever the round's unit
+    entry = params.ledger_entry(budget.scope if budget is not None else params.unit)
     # raises BudgetExceededError before anything is computed or recorded
     epsilon_after = (
         check_budget(store.ledger(), [entry], budget) if budget is not None else math.inf

@@ -46,6 +46,7 @@ import numpy as np
 import numpy.typing as npt
 
 from client.local_clustering import assign_public
+from client.policy import DevicePolicy
 from client.release import (
     RELEASE_WEIGHTING,
     checked_centroids,
@@ -94,8 +95,8 @@ class ShardDevices:
         allow_no_dp: accept rounds without noise (``--no-dp`` simulations only).
         noise_seed: seeds the noise (tests only; ``None`` = OS entropy).
         shard: this shard's index (salts the seeded noise).
-        delta: the delta the devices account their budgets at; a larger announced one is
-            refused.
+        policy: the devices' own delta, unit and minimum cohort
+            (:class:`client.policy.DevicePolicy`); a request breaching them is refused.
     """
 
     def __init__(
@@ -105,10 +106,10 @@ class ShardDevices:
         allow_no_dp: bool = False,
         noise_seed: int | None = None,
         shard: int = 0,
-        delta: float = 1e-5,
+        policy: DevicePolicy | None = None,
     ) -> None:
         self.path = Path(path)
-        self.delta = delta
+        self.policy = policy if policy is not None else DevicePolicy()
         self.allow_no_dp = allow_no_dp
         self.noise_seed = noise_seed
         self.shard = shard
@@ -153,11 +154,9 @@ class ShardDevices:
         """
         t0 = time.perf_counter()
         params = RoundConfig.from_record(record, allow_no_dp=self.allow_no_dp)
-        if params.delta > self.delta:
-            # each device accounts at the delta it holds, never at a larger one announced
-            raise ReleaseRefusedError(
-                f"the round announces delta {params.delta:g}, above the devices' {self.delta:g}."
-            )
+        # each device accounts at the delta it holds, never at a larger one announced, and adds
+        # a noise share only for a cohort at least its own floor
+        self.policy.admit(params)
         asked = np.unique(np.asarray(members, dtype=np.int64))
         local = np.searchsorted(self.data.users, asked)
         known = (local < len(self.data.users)) & (
@@ -192,7 +191,7 @@ class ShardDevices:
             per_user = self._per_user_release(params, first)
             statuses: Counter[str] = Counter()
             released_before = store.released_users(key)
-            entry = params.ledger_entry()
+            entry = params.ledger_entry(self.policy.unit)
             releasing = self._admit(params, entry, local, asked, released_before, statuses)
             sel = np.zeros(len(self.data.users), dtype=bool)
             sel[releasing] = True
@@ -251,7 +250,7 @@ class ShardDevices:
                     check_budget(
                         [self._mechanisms[m] for m in sig[0]],
                         [entry],
-                        PrivacyBudget(budget, self.delta),
+                        PrivacyBudget(budget, self.policy.delta, self.policy.unit),
                     )
                     ok = True
                 except BudgetExceededError:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.app import DEFAULT_DEVICE_DELTA
+from client.policy import DevicePolicy
 from client.shard import ShardDevices
 from common.errors import ReleaseRefusedError, StoreError
 from common.records import (
@@ -47,13 +47,13 @@ log = logging.getLogger("fedinterest.client")
 @dataclass(frozen=True)
 class ShardSettings:
     """How one shard runs: its store, its index, ``--no-dp`` acceptance, a test noise seed and
-    the delta its devices hold."""
+    its devices' own policy (delta, unit, minimum cohort)."""
 
     store: Path
     shard: int
     allow_no_dp: bool = False
     noise_seed: int | None = None
-    delta: float = DEFAULT_DEVICE_DELTA
+    policy: DevicePolicy = field(default_factory=DevicePolicy)
 
 
 #: The shards this process has loaded, by store path (Flower's Ray backend may run any node's
@@ -70,7 +70,7 @@ def _devices(settings: ShardSettings) -> ShardDevices:
             allow_no_dp=settings.allow_no_dp,
             noise_seed=settings.noise_seed,
             shard=settings.shard,
-            delta=settings.delta,
+            policy=settings.policy,
         )
         _SHARDS[settings.store] = dev
     return dev

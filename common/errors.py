@@ -11,7 +11,7 @@ import enum
 __all__ = [
     "BudgetExceededError",
     "ConfigError",
-    "DeviceRefusal",
+    "DeviceRefusalError",
     "EncoderError",
     "FedInterestError",
     "InvalidEventError",
@@ -112,7 +112,7 @@ class ReleaseRefusedError(ConfigError):
         self.code = code
 
 
-class DeviceRefusal(FedInterestError):
+class DeviceRefusalError(FedInterestError):
     """What a secure-aggregation handler raises in place of any error: its text is only a
     :class:`RefusalCode` (Flower forwards an exception's text to the server)."""
 

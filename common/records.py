@@ -190,6 +190,8 @@ class RoundKeys:
     DELTA: Final = "delta"
     TASK: Final = "task"
     TOP_K: Final = "top-k"
+    UNIT: Final = "unit"
+    """The privacy unit the noise is calibrated for (``user`` or ``event``)."""
 
 
 class AdapterKeys:

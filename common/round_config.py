@@ -19,11 +19,30 @@ device alike:
 - the server's user-level record of the same release, :meth:`RoundConfig.user_ledger_entry`;
 - the DP-SGD ledger entry of the adapter step, :func:`dpsgd_ledger_entry`.
 
-Sensitivities (add/remove one event, L2 over the whole release): the leaf sums
-``clipping_norm * max_weight`` (one event lands in one row, vector norm <= C, weight <= the
-cap); the item counts 1 (one event adds 1 to one count); the histogram sqrt(2) (any two k-hot
-unit vectors). User level (add/remove one device): the leaf sums and counts are clipped to
-``user_clipping_norm`` as a whole; a histogram vector has norm 1.
+Sensitivities, L2 over the whole release of one task:
+
+- **user level** (add/remove one device with all its data; the default unit): each task's
+  release of one device is clipped as a whole to ``user_clipping_norm`` (a histogram vector
+  has norm 1, clipped likewise), so ``Delta_user = user_clipping_norm`` (``min(1, ...)`` for the
+  histogram);
+- **event level** (add/remove one event): the leaf sums ``clipping_norm * max_weight`` (one
+  event lands in one row, vector norm <= C, weight <= the cap); the item counts 1 (one event
+  adds 1 to one count); the histogram sqrt(2) (any two k-hot unit vectors). The user clip is a
+  projection onto a ball, 1-Lipschitz, so it never increases these; and two points of a ball
+  of radius ``B`` are at most ``2 B`` apart: ``Delta_event = min(event bound, 2 Delta_user)``.
+
+The noise on the sum has std ``sigma = z * Delta_unit`` (``unit``: the relation the round is
+calibrated for); the same release is recorded at either relation as a Gaussian with
+multiplier ``sigma / Delta_scope`` (:meth:`RoundConfig.ledger_entry`).
+
+**Joint bound of a device's round.** A device's round is several releases (leaf sums, item
+counts, histogram), each clipped to its own bound ``B_t`` and noised with ``z_t * B_t``.
+By the composition theorem of Gaussian DP (Dong, Roth and Su 2022, "Gaussian differential
+privacy", Cor. 3.3; adaptive), the releases together are ``mu``-GDP with
+``mu = sqrt(sum_t 1 / z_t^2)``: exactly one Gaussian mechanism on the concatenated release after
+the public rescaling of task ``t``'s coordinates by ``1 / (z_t B_t)``. That is the joint L2 bound
+of the whole round contribution, with the split between tasks fixed in public (the analytics
+noise factors), and it is what the ledger's merged Gaussian composes.
 """
 
 from __future__ import annotations
@@ -40,8 +59,12 @@ from common.privacy.ledger import LedgerEntry, Mechanism, Scope
 from common.privacy.mechanisms import secagg_share_std
 from common.records import TASK_SENSITIVITY, ReleaseMode, ReleaseTask, RoundKeys
 
+#: The privacy unit of a run: the neighbouring relation its noise is calibrated for.
+PrivacyUnit = Scope
+
 __all__ = [
     "TASK_MECHANISM",
+    "PrivacyUnit",
     "RoundConfig",
     "dpsgd_ledger_entry",
     "min_cohort_for",
@@ -99,6 +122,9 @@ class RoundConfig:
         delta: the delta of the device's budget.
         task: what is released (leaf sums, item counts, histogram).
         top_k: the histogram's k (``None`` for the other tasks).
+        unit: the neighbouring relation the noise is calibrated for (``user``: one device
+            with all its data; ``event``: one event). A record without the key is event
+            level (the earlier wire format); the device accounts in its own unit either way.
     """
 
     server_round: int
@@ -117,6 +143,7 @@ class RoundConfig:
     delta: float
     task: ReleaseTask = ReleaseTask.LEAF_SUMS
     top_k: int | None = None
+    unit: Scope = Scope.EVENT
 
     # -- the privacy contract -------------------------------------------------------------------
 
@@ -125,11 +152,34 @@ class RoundConfig:
         return self.noise_multiplier == 0
 
     @property
-    def sensitivity(self) -> float:
+    def user_sensitivity(self) -> float:
+        """User-level L2 sensitivity of this task's release (see the module docstring)."""
+        if self.task is ReleaseTask.HISTOGRAM:
+            return min(1.0, self.user_clipping_norm)
+        return self.user_clipping_norm
+
+    @property
+    def event_sensitivity(self) -> float:
         """Event-level L2 sensitivity of this task's release (see the module docstring)."""
-        if self.task is ReleaseTask.LEAF_SUMS:
-            return self.clipping_norm * self.max_weight
-        return TASK_SENSITIVITY[self.task]
+        bound = (
+            self.clipping_norm * self.max_weight
+            if self.task is ReleaseTask.LEAF_SUMS
+            else TASK_SENSITIVITY[self.task]
+        )
+        return min(bound, 2.0 * self.user_sensitivity)
+
+    def sensitivity_at(self, scope: Scope) -> float:
+        return self.user_sensitivity if scope is Scope.USER else self.event_sensitivity
+
+    @property
+    def sensitivity(self) -> float:
+        """The L2 sensitivity in the round's unit: what the noise is calibrated to."""
+        return self.sensitivity_at(self.unit)
+
+    @property
+    def total_noise_std(self) -> float:
+        """The std of the noise on the sum: ``z * Delta_unit``."""
+        return self.noise_multiplier * self.sensitivity
 
     @property
     def noise_shares(self) -> int:
@@ -145,51 +195,61 @@ class RoundConfig:
             min_cohort=self.noise_shares,
         )
 
-    def ledger_entry(self) -> LedgerEntry:
-        """The device's event-level record of this release (written before it is sent)."""
+    def multiplier_at(self, scope: Scope) -> float:
+        """The release's Gaussian multiplier at ``scope``: ``sigma / Delta_scope``."""
+        return self.total_noise_std / self.sensitivity_at(scope)
+
+    def ledger_entry(self, scope: Scope = Scope.EVENT) -> LedgerEntry:
+        """The device's record of this release at ``scope`` (its own unit; written before the
+        release is sent): a Gaussian with multiplier ``sigma / Delta_scope``. The other
+        relation's multiplier is kept in ``details`` (``event_noise_multiplier`` /
+        ``user_noise_multiplier``), so an audit can state both. A release without noise is
+        recorded as ``non_private`` (epsilon infinite)."""
+        other = Scope.EVENT if scope is Scope.USER else Scope.USER
         return LedgerEntry(
             mechanism=Mechanism.NON_PRIVATE if self.non_private else TASK_MECHANISM[self.task],
-            noise_multiplier=self.noise_multiplier,
-            sensitivity=self.sensitivity,
+            noise_multiplier=0.0 if self.non_private else self.multiplier_at(scope),
+            sensitivity=self.sensitivity_at(scope),
             server_round=self.server_round,
-            scope=Scope.EVENT,
+            scope=scope,
             details={
                 "task": self.task.value,
                 "mode": self.mode.value,
+                "unit": self.unit.value,
                 "min_cohort": self.min_cohort,
                 "noise_std": self.noise_std,
                 "hierarchy_version": self.hierarchy_version,
                 "user_clipping_norm": self.user_clipping_norm,
+                f"{other.value}_noise_multiplier": (
+                    0.0 if self.non_private else self.multiplier_at(other)
+                ),
             },
         )
 
     def user_ledger_entry(self) -> LedgerEntry:
-        """The server's user-level record of this release (add/remove one device).
-
-        The cohort sum carries std ``z * Delta`` (event level); one device moves it by at most
-        its user bound (``user_clipping_norm`` for the leaf sums and counts, 1 for a histogram
-        vector), so the user-level multiplier is ``z * Delta / user_bound``. A release without
-        noise is recorded as ``non_private`` (the audit reports infinity, not a huge epsilon).
-        """
-        user_bound = 1.0 if self.task is ReleaseTask.HISTOGRAM else self.user_clipping_norm
-        z_user = self.noise_multiplier * self.sensitivity / user_bound
-        output = _USER_OUTPUT[self.task]
-        if z_user <= 0:
+        """The server's user-level record of this release (add/remove one device): one
+        device moves the sum by at most its user bound, so the multiplier is
+        ``sigma / Delta_user``. A release without noise is recorded as ``non_private``."""
+        details: dict[str, Any] = {
+            "output": _USER_OUTPUT[self.task],
+            "unit": self.unit.value,
+            "event_noise_multiplier": 0.0 if self.non_private else self.multiplier_at(Scope.EVENT),
+        }
+        if self.task is ReleaseTask.LEAF_SUMS:
+            details["user_clipping_norm"] = self.user_clipping_norm
+        if self.non_private:
             return LedgerEntry(
                 Mechanism.NON_PRIVATE,
                 0.0,
-                user_bound,
+                self.user_sensitivity,
                 server_round=self.server_round,
                 scope=Scope.USER,
-                details={"output": output},
+                details=details,
             )
-        details: dict[str, Any] = {"output": output}
-        if self.task is ReleaseTask.LEAF_SUMS:
-            details["user_clipping_norm"] = self.user_clipping_norm
         return LedgerEntry(
             TASK_MECHANISM[self.task],
-            z_user,
-            user_bound,
+            self.multiplier_at(Scope.USER),
+            self.user_sensitivity,
             server_round=self.server_round,
             scope=Scope.USER,
             details=details,
@@ -217,6 +277,7 @@ class RoundConfig:
         delta: float,
         task: ReleaseTask = ReleaseTask.LEAF_SUMS,
         top_k: int | None = None,
+        unit: Scope = Scope.EVENT,
     ) -> RoundConfig:
         """The server's config of one release task for a cohort of ``sampled`` devices; the
         noise std is the share :attr:`required_noise_std` prescribes.
@@ -241,6 +302,7 @@ class RoundConfig:
             delta=float(delta),
             task=task,
             top_k=top_k,
+            unit=Scope(unit),
         )
         out = replace(base, noise_std=float(base.required_noise_std))
         out.check(allow_no_dp=True)
@@ -264,6 +326,7 @@ class RoundConfig:
             RoundKeys.PROJECTION_DIM: int(self.projection_dim),
             RoundKeys.PROJECTION_FINGERPRINT: self.projection_fingerprint,
             RoundKeys.DELTA: float(self.delta),
+            RoundKeys.UNIT: self.unit.value,
         }
         if self.top_k is not None:
             out[RoundKeys.TOP_K] = int(self.top_k)
@@ -326,6 +389,14 @@ class RoundConfig:
                 f"round config `{RoundKeys.MODE}` must be 'secagg' or 'local'. Found {raw_mode!r}."
             ) from None
         top_k = get(RoundKeys.TOP_K, int) if RoundKeys.TOP_K in cfg else None
+        raw_unit = cfg.get(RoundKeys.UNIT, Scope.EVENT.value)
+        try:
+            unit = Scope(raw_unit)
+        except ValueError:
+            raise ReleaseRefusedError(
+                f"round config `{RoundKeys.UNIT}` must be 'user' or 'event'. Found {raw_unit!r}.",
+                RefusalCode.UNIT,
+            ) from None
         return cls(
             server_round=get(RoundKeys.SERVER_ROUND, int),
             hierarchy_version=get(RoundKeys.HIERARCHY_VERSION, int),
@@ -343,6 +414,7 @@ class RoundConfig:
             delta=get(RoundKeys.DELTA, float),
             task=task,
             top_k=top_k,
+            unit=unit,
         )
 
     def check(self, *, allow_no_dp: bool = False) -> None:

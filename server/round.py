@@ -287,6 +287,7 @@ def round_step(
             level1_nodes=len(h.level(1)),
             aggregation=diag.to_dict(),
             epsilon_event_level=device_epsilon(stepped, config, server_round),
+            epsilon_user_level=device_epsilon(stepped, config, server_round, Scope.USER),
         ),
         cohort=request.nodes,
         hierarchy=h,
@@ -386,8 +387,10 @@ def _build_tree(
     )
 
 
-def device_epsilon(state: ServerState, config: ServerConfig, server_round: int) -> float:
-    """A participating device's event-level epsilon after ``server_round`` rounds: its ledger
+def device_epsilon(
+    state: ServerState, config: ServerConfig, server_round: int, scope: Scope = Scope.EVENT
+) -> float:
+    """A participating device's epsilon at ``scope`` after ``server_round`` rounds: its ledger
     entries, built by the same :meth:`RoundConfig.ledger_entry` and
     :func:`~common.round_config.dpsgd_ledger_entry` the device uses, composed: a tree release
     every round, the auxiliary releases summed so far, the adapter's DP-SGD in the rounds its
@@ -401,18 +404,23 @@ def device_epsilon(state: ServerState, config: ServerConfig, server_round: int) 
             server_round=r,
             hierarchy_version=0,
             sampled=config.run.min_clients,
-        ).ledger_entry()
+        ).ledger_entry(scope)
         for r in range(1, server_round + 1)
     ]
     entries += [
         config.release_config(
             task, server_round=r, hierarchy_version=0, sampled=config.run.min_clients
-        ).ledger_entry()
+        ).ledger_entry(scope)
         for r, task in state.aux_releases
     ]
-    entries += [run_dpsgd_entry(config.run, r) for r in state.adapter.rounds]
+    if state.adapter.rounds:
+        if scope is Scope.USER:
+            # the adapter's update leaves each device outside the secure sum, bounded per
+            # example, not per device: no user-level bound covers it
+            return math.inf
+        entries += [run_dpsgd_entry(config.run, r) for r in state.adapter.rounds]
     p = config.run.privacy
-    return epsilon_of_entries(entries, delta=p.delta, accountant=p.accountant)
+    return epsilon_of_entries(entries, delta=p.delta, scope=scope, accountant=p.accountant)
 
 
 # -- releases over the new tree ---------------------------------------------------------------
@@ -499,7 +507,9 @@ def aux_step(
     new_outcome = replace(
         new_outcome,
         summary=replace(
-            summary, epsilon_event_level=device_epsilon(new_state, config, server_round)
+            summary,
+            epsilon_event_level=device_epsilon(new_state, config, server_round),
+            epsilon_user_level=device_epsilon(new_state, config, server_round, Scope.USER),
         ),
     )
     # the ledger keeps each round's entries in one order: release, auxiliary, adapter

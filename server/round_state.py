@@ -175,7 +175,8 @@ class ServerConfig:
             min_cohort_fraction=p.min_cohort_fraction,
             clipping_norm=p.clipping_norm,
             max_weight=p.max_weight,
-            user_clipping_norm=p.user_clipping_norm,
+            user_clipping_norm=p.user_bound,
+            unit=p.unit,
             residual_threshold=self.run.clustering.residual_threshold,
             projection_seed=self.projection.seed,
             projection_dim=self.projection.output_dim,
@@ -383,6 +384,7 @@ class RoundSummary:
     noise_std: float = 0.0
     min_cohort: int = 0
     epsilon_event_level: float = 0.0
+    epsilon_user_level: float = 0.0
     bytes_up: int = 0
     bytes_down: int = 0
     seconds: float = 0.0

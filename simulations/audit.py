@@ -50,6 +50,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from common.config import DEFAULT_USER_CLIPPING_NORM
 from common.errors import ConfigError
 from common.jsonio import json_safe
 from common.privacy import Scope, epsilon_of_entries
@@ -305,13 +306,20 @@ def audit_run(
     round_cfg = {int(r["server_round"]): r for r in rounds}
     default_budget = config.get("device_budget_epsilon")
     overrides = {int(k): float(v) for k, v in (config.get("device_budgets") or {}).items()}
+    unit = Scope(priv.get("unit", Scope.EVENT.value))
+    user_bound = priv.get("user_clipping_norm")
     settings = AuditSettings(
         dlt,
         acc,
         round_cfg,
-        float(priv["clipping_norm"]) * float(priv["max_weight"]),
+        (
+            float(user_bound if user_bound is not None else DEFAULT_USER_CLIPPING_NORM[unit])
+            if unit is Scope.USER
+            else float(priv["clipping_norm"]) * float(priv["max_weight"])
+        ),
         default_budget,
         overrides,
+        unit,
     )
     engine = str(config.get("engine") or "devices")
     batched = engine == Engine.BATCHED.value
@@ -379,6 +387,15 @@ def audit_run(
         user["epsilon"] = epsilon_of_entries(
             server_entries, delta=dlt, scope=Scope.USER, accountant=acc
         )
+    if held:
+        # the devices' own ledgers at user level (each device, whatever unit it kept)
+        u_eps = [h.audit.epsilon_user for h in held for _ in h.names]
+        user["devices_epsilon_max"] = max(u_eps)
+        user["devices_epsilon_median"] = statistics.median(u_eps)
+        user["devices_per_output_max"] = {
+            task: max(h.audit.per_output_user.get(task, 0.0) for h in held)
+            for task in sorted({t for h in held for t in h.audit.per_output_user})
+        }
     flags = [*pop.store_flags, *round_flags, *pop.device_flags]
     event_max = max(eps)
     report: dict[str, Any] = {
@@ -399,6 +416,13 @@ def audit_run(
             **pop.extra,
         },
         "user_level": user,
+        "headline": {
+            "unit": unit.value,
+            "target_epsilon": priv["epsilon"],
+            "epsilon_user_level": user.get("devices_epsilon_max", user["epsilon"]),
+            "epsilon_event_level": event_max,
+            "per_output_user_level": user.get("devices_per_output_max", user["per_output"]),
+        },
         "mechanisms": dict(mechanisms),
         "per_round": per_round,
         "budget": {

@@ -26,6 +26,7 @@ from simulations.audit_ledger import (
     Held,
     Population,
     audit_ledger,
+    entries_at,
     parameter_flags,
     task_of,
 )
@@ -160,6 +161,7 @@ def audit_device(
     budget_epsilon: float | None = None,
     round_config: dict[int, dict[str, Any]] | None = None,
     sensitivity: float | None = None,
+    unit: Scope = Scope.EVENT,
 ) -> DeviceAudit:
     """Recomputes one device's event-level epsilon from its ledger and checks it.
 
@@ -173,18 +175,20 @@ def audit_device(
         budget_epsilon: the device's budget (flag when exceeded).
         round_config: per round, what the server announced (``noise_multiplier``), from
             ``rounds.jsonl``; entries that disagree are flagged.
-        sensitivity: the announced release sensitivity (``clipping_norm x max_weight``).
+        sensitivity: the announced release sensitivity at ``unit`` (``clipping_norm x
+            max_weight`` at event level, the user bound at user level).
+        unit: the run's privacy unit: the relation the announced parameters are at.
 
     Raises:
         ConfigError: the store is missing, cannot be read, or is not a fedinterest store.
     """
     path = Path(store_path)
     content = _read_store(path)
-    event_entries = [e for e in content.entries if e.scope is Scope.EVENT]
+    unit_entries = entries_at(content.entries, unit)
     flags = [
         *content.flags,
-        *_unledgered_flags(event_entries, content.state_keys),
-        *parameter_flags(event_entries, round_config, sensitivity),
+        *_unledgered_flags(unit_entries, content.state_keys),
+        *parameter_flags(unit_entries, round_config, sensitivity),
     ]
     return audit_ledger(
         path.stem,
@@ -230,6 +234,7 @@ def device_population(d: Path, config: Mapping[str, Any], s: AuditSettings) -> P
                     budget_epsilon=budget,
                     round_config=s.round_config,
                     sensitivity=s.sensitivity,
+                    unit=s.unit,
                 )
             )
         except FedInterestError as err:

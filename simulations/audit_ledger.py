@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from common.privacy import LedgerEntry, Mechanism, Scope, epsilon_of_entries
@@ -22,6 +22,7 @@ __all__ = [
     "Held",
     "Population",
     "audit_ledger",
+    "entries_at",
     "parameter_flags",
     "task_of",
 ]
@@ -29,7 +30,8 @@ __all__ = [
 
 @dataclass
 class DeviceAudit:
-    """One device's recomputed spend."""
+    """One device's recomputed spend (``epsilon``: event level; ``epsilon_user``: user level,
+    with ``per_output_user`` per release task)."""
 
     name: str
     entries: list[LedgerEntry]
@@ -37,12 +39,15 @@ class DeviceAudit:
     per_mechanism: dict[str, float]
     per_round: dict[int, float]
     flags: list[str] = field(default_factory=list)
+    epsilon_user: float = math.inf
+    per_output_user: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "device": self.name,
             "entries": len(self.entries),
             "epsilon": self.epsilon,
+            "epsilon_user": self.epsilon_user,
             "per_mechanism": self.per_mechanism,
             "per_round": {str(k): v for k, v in sorted(self.per_round.items())},
             "flags": self.flags,
@@ -74,6 +79,24 @@ def task_of(entry: LedgerEntry) -> str:
     if entry.mechanism is Mechanism.NON_PRIVATE:
         return str(entry.details.get("task", ReleaseTask.LEAF_SUMS.value))
     return _TASK_OF_MECHANISM.get(entry.mechanism, str(entry.mechanism.value))
+
+
+def entries_at(entries: Iterable[LedgerEntry], scope: Scope) -> list[LedgerEntry]:
+    """A device's ledger seen at ``scope``: entries recorded at it as they are; an entry
+    recorded at the other relation by the multiplier it carries for this one
+    (``details[f"{scope}_noise_multiplier"]``, :meth:`common.round_config.RoundConfig.ledger_entry`);
+    one without (the adapter's DP-SGD at user level: no per-device bound) as non-private."""
+    out: list[LedgerEntry] = []
+    for e in entries:
+        if e.scope is scope:
+            out.append(e)
+            continue
+        z = e.details.get(f"{scope.value}_noise_multiplier")
+        if e.mechanism is Mechanism.NON_PRIVATE or z is None or float(z) <= 0:
+            out.append(replace(e, mechanism=Mechanism.NON_PRIVATE, scope=scope))
+        else:
+            out.append(replace(e, noise_multiplier=float(z), scope=scope))
+    return out
 
 
 def parameter_flags(
@@ -116,8 +139,23 @@ def audit_ledger(
     budget_epsilon: float | None,
 ) -> DeviceAudit:
     """The accounting of one ledger: its event-level epsilon, per mechanism and after each
-    round, and ``flags`` with an over-budget flag added when it exceeds ``budget_epsilon``."""
-    event_entries = [e for e in entries if e.scope is Scope.EVENT]
+    round, its user-level epsilon in all and per release task, and ``flags`` with an
+    over-budget flag added when the ledger's own unit exceeds ``budget_epsilon``."""
+    event_entries = entries_at(entries, Scope.EVENT)
+    user_entries = entries_at(entries, Scope.USER)
+    eps_user = epsilon_of_entries(
+        user_entries, delta=delta, accountant=accountant, scope=Scope.USER
+    )
+    per_output_user = {
+        task: epsilon_of_entries(
+            [e for e in user_entries if task_of(e) == task],
+            delta=delta,
+            accountant=accountant,
+            scope=Scope.USER,
+        )
+        for task in sorted({task_of(e) for e in user_entries})
+    }
+    own = Scope.USER if entries and all(e.scope is Scope.USER for e in entries) else Scope.EVENT
     eps = epsilon_of_entries(event_entries, delta=delta, accountant=accountant)
     per_mech: dict[str, float] = {}
     for kind in sorted({e.mechanism for e in event_entries}, key=lambda m: m.value):
@@ -134,9 +172,10 @@ def audit_ledger(
         for r in rounds
     }
     flags = list(flags)
-    if budget_epsilon is not None and eps > budget_epsilon * (1 + 1e-9):
-        flags.append(f"over budget: epsilon {eps:.4f} > {budget_epsilon:.4f}")
-    return DeviceAudit(name, entries, eps, per_mech, per_round, flags)
+    spent = eps_user if own is Scope.USER else eps
+    if budget_epsilon is not None and spent > budget_epsilon * (1 + 1e-9):
+        flags.append(f"over budget: {own.value}-level epsilon {spent:.4f} > {budget_epsilon:.4f}")
+    return DeviceAudit(name, entries, eps, per_mech, per_round, flags, eps_user, per_output_user)
 
 
 @dataclass
@@ -190,3 +229,4 @@ class AuditSettings:
     sensitivity: float
     default_budget: float | None
     overrides: dict[int, float]
+    unit: Scope = Scope.EVENT

@@ -46,6 +46,7 @@ from simulations.audit_ledger import (
     Held,
     Population,
     audit_ledger,
+    entries_at,
     parameter_flags,
 )
 
@@ -405,10 +406,10 @@ def batched_population(d: Path, config: Mapping[str, Any], s: AuditSettings) -> 
         store_flags.extend(shard.flags)
     # the announced parameters, checked once per distinct mechanism
     for entry, (holders, uses) in zip(ledgers.mechanisms, ledgers.mechanism_shards, strict=True):
-        if entry.scope is not Scope.EVENT:
+        if entry.scope is not Scope.EVENT and entry.scope is not s.unit:
             continue
         files = ", ".join(f"clients/{n}.db" for n in holders)
-        for f in parameter_flags([entry], s.round_config, s.sensitivity):
+        for f in parameter_flags(entries_at([entry], s.unit), s.round_config, s.sensitivity):
             store_flags.append(
                 f"{files}: {f} (a mechanism in {uses} user ledger{'s' if uses != 1 else ''})"
             )

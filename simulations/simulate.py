@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from client.encoder import EncoderConfig, MiniLMEncoder, TextEncoder, encode_cached
+from client.policy import DEFAULT_MIN_COHORT, DevicePolicy
 from client.store import EmbeddingCache, EventStore
 from common.config import RunConfig
 from common.errors import ConfigError
@@ -116,7 +117,7 @@ def _settings_resolver(
     allow_no_dp: bool,
     noise_seed: int | None,
     overrides: dict[int, float],
-    delta: float,
+    policy: DevicePolicy,
 ) -> Callable[[Any], Any]:
     from client.app import DeviceSettings
 
@@ -129,10 +130,24 @@ def _settings_resolver(
             budget_epsilon=eps,
             allow_no_dp=allow_no_dp,
             noise_seed=seed,
-            delta=delta,
+            policy=policy,
         )
 
     return settings_for
+
+
+def simulated_device_policy(run: RunConfig, population: int) -> DevicePolicy:
+    """The simulated devices' own policy: the run's delta and unit, and a minimum cohort of
+    the unit's default (:data:`client.policy.DEFAULT_MIN_COHORT`) or, for a population too
+    small to reach it, the smallest cohort the run's secure sum may have: a simulation is
+    configured by its operator, who owns both sides (deployed devices keep the default
+    unless their node config lowers it)."""
+    p = run.privacy
+    sampled = max(1, math.floor(run.fraction * population))
+    fewest = max(2, math.floor(p.min_cohort_fraction * sampled))
+    return DevicePolicy(
+        delta=p.delta, unit=p.unit, min_cohort=min(DEFAULT_MIN_COHORT[p.unit], fewest)
+    )
 
 
 @dataclass(frozen=True)
@@ -146,7 +161,7 @@ class _DeviceRecipe:
     noise_seed: int | None
     overrides: tuple[tuple[int, float], ...]
     mods: tuple[Any, ...]
-    delta: float
+    policy: DevicePolicy
     shards: bool = False
 
 
@@ -173,7 +188,7 @@ def _client_app(recipe: _DeviceRecipe) -> Any:
 
             app = build_shard_app(
                 shard_recipe_resolver(
-                    recipe.root, recipe.allow_no_dp, recipe.noise_seed, recipe.delta
+                    recipe.root, recipe.allow_no_dp, recipe.noise_seed, recipe.policy
                 ),
                 mods=list(recipe.mods),
             )
@@ -185,7 +200,7 @@ def _client_app(recipe: _DeviceRecipe) -> Any:
                     recipe.allow_no_dp,
                     recipe.noise_seed,
                     dict(recipe.overrides),
-                    recipe.delta,
+                    recipe.policy,
                 ),
                 mods=[speedups_mod, *recipe.mods],
             )
@@ -657,7 +672,7 @@ def _run_flower(
             noise_seed=opts.noise_seed,
             overrides=tuple(sorted(opts.device_budgets.items())),
             mods=tuple(opts.client_mods),
-            delta=p.delta,
+            policy=simulated_device_policy(run, len(stores) if not shards else opts.clients),
             shards=shards,
         )
     )

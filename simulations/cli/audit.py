@@ -78,6 +78,12 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"audit of {args.run_dir} (delta {report['delta']:g}, {report['accountant']} accountant)"
         )
+        head = report["headline"]
+        print(
+            f"  user-level epsilon per device {fmt_eps(head['epsilon_user_level'])} "
+            f"(run's {head['unit']}-level target {head['target_epsilon']:g}); event-level "
+            f"epsilon implied {fmt_eps(head['epsilon_event_level'])}"
+        )
         if ev["devices"]:
             over = (
                 f"{ev['devices']} users of a batched run ({ev['distinct_ledgers']} distinct ledger{'s' if ev['distinct_ledgers'] != 1 else ''})"

@@ -15,7 +15,15 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from common.config import AdapterConfig, AnalyticsConfig, ClusteringConfig, PrivacyConfig, RunConfig
+from common.config import (
+    DEFAULT_USER_CLIPPING_NORM,
+    AdapterConfig,
+    AnalyticsConfig,
+    ClusteringConfig,
+    PrivacyConfig,
+    RunConfig,
+)
+from common.privacy.ledger import Scope
 from common.records import ReleaseMode
 from simulations import options as _options
 from simulations.cli.base import (
@@ -52,7 +60,15 @@ ROBUST_CHOICES = ("none", "trimmed", "median")
 #: a flag the command lacks keeps the dataclass default
 _RUN_FLAGS: dict[str | None, tuple[str, ...]] = {
     None: ("rounds", "fraction", "seed", "robust", "round_attempts"),
-    "privacy": ("epsilon", "delta", "mode", "no_dp", "min_cohort_fraction"),
+    "privacy": (
+        "epsilon",
+        "delta",
+        "unit",
+        "user_clipping_norm",
+        "mode",
+        "no_dp",
+        "min_cohort_fraction",
+    ),
     "clustering": ("tree_z",),
     "analytics": ("histogram", "top_k", "popularity_noise_factor"),
     "adapter": (),
@@ -361,6 +377,21 @@ def add_run_settings(p: argparse.ArgumentParser) -> None:
         help=f"delta, in (0, 1) (default {_short(d.privacy.delta)})",
     )
     p.add_argument(
+        "--unit",
+        choices=[u.value for u in Scope],
+        default=d.privacy.unit.value,
+        help="privacy unit: user (neighbours differ by one device with all its data) or event "
+        f"(by one event; for comparison) (default {d.privacy.unit.value})",
+    )
+    p.add_argument(
+        "--user-clipping-norm",
+        type=positive_float,
+        default=None,
+        help="L2 bound of one device's release of one task (default: "
+        + ", ".join(f"{v:g} at {k.value} level" for k, v in DEFAULT_USER_CLIPPING_NORM.items())
+        + ")",
+    )
+    p.add_argument(
         "--mode",
         choices=[m.value for m in ReleaseMode],
         default=d.privacy.mode.value,
@@ -438,7 +469,8 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         "--epsilon",
         type=positive_float,
         default=d.privacy.epsilon,
-        help=f"total event-level epsilon of the run (default {d.privacy.epsilon:g})",
+        help="total epsilon of the run at its --unit, every release together (default "
+        f"{d.privacy.epsilon:g})",
     )
     sim.add_argument("--out", default="run", help="run directory (default ./run)")
     sim.add_argument("--overwrite", action="store_true", help="replace an existing run directory")

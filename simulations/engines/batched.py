@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from client.policy import DevicePolicy
 from client.shard_store import ShardData, ShardStore
 from client.store import EmbeddingCache
 from common.errors import ConfigError
@@ -164,14 +165,14 @@ class EvaluationSample:
 
 
 def shard_recipe_resolver(
-    root: str, allow_no_dp: bool, noise_seed: int | None, delta: float
+    root: str, allow_no_dp: bool, noise_seed: int | None, policy: DevicePolicy
 ) -> Callable[[Any], Any]:
     """The shard settings of a virtual node (its partition id is its shard index); its
-    devices hold ``delta`` (the run's)."""
+    devices hold ``policy``."""
     from client.shard_app import ShardSettings
 
     def settings_for(context: Any) -> ShardSettings:
         pid = int(context.node_config["partition-id"])
-        return ShardSettings(shard_path(Path(root), pid), pid, allow_no_dp, noise_seed, delta)
+        return ShardSettings(shard_path(Path(root), pid), pid, allow_no_dp, noise_seed, policy)
 
     return settings_for

@@ -20,7 +20,7 @@ from common.errors import ReleaseRefusedError
 from common.privacy import PrivacyBudget
 from common.records import RoundKeys
 from common.round_config import RoundConfig
-from tests.client.test_release import HashEncoder, centroids, config
+from tests.client.test_release import EVENT_POLICY, HashEncoder, centroids, config
 from tests.client.test_shard import Population
 
 
@@ -72,7 +72,7 @@ def test_a_device_accounts_at_its_own_delta(tmp_path: Path) -> None:
     """A round announcing a delta above the device's is refused before anything is written;
     the budget is accounted at the device's delta."""
     pop = Population(tmp_path, 1)
-    settings = DeviceSettings(pop.devices[0], budget_epsilon=4.0, delta=1e-5)
+    settings = DeviceSettings(pop.devices[0], budget_epsilon=4.0, policy=EVENT_POLICY)
     with EventStore(pop.devices[0], create=False) as s:
         before = _state(s)
     with pytest.raises(ReleaseRefusedError, match=r"delta 0\.1"):
@@ -85,7 +85,7 @@ def test_a_shard_refuses_a_larger_delta_and_replays_under_other_parameters(
     tmp_path: Path,
 ) -> None:
     pop = Population(tmp_path, 4, budget=100.0)
-    shard = ShardDevices(pop.shard, delta=1e-5)
+    shard = ShardDevices(pop.shard, policy=EVENT_POLICY)
     with pytest.raises(ReleaseRefusedError, match=r"delta 0\.1"):
         shard.release({**config(), RoundKeys.DELTA: 0.1}, centroids(), [0, 1, 2, 3])
     out = shard.release(config(), centroids(), [0, 1, 2, 3])
@@ -107,17 +107,17 @@ def test_refusals_leave_the_device_as_codes_only(
     exception's text to the server)."""
     from flwr.app import ConfigRecord, Context, Message, RecordDict
 
-    from client.app import _codes_only, build_client_app
-    from common.errors import DeviceRefusal, RefusalCode
-    from common.records import REPLY_META, ROUND_CONFIG, ReplyKeys
-
     # outside a SuperNode or a simulation, the process's task identity is unset
     from flwr.supercore.task_identity import TaskIdentity
+
+    from client.app import _codes_only, build_client_app
+    from common.errors import DeviceRefusalError, RefusalCode
+    from common.records import REPLY_META, ROUND_CONFIG, ReplyKeys
 
     for name in ("_run_id", "_node_id", "_task_id"):
         monkeypatch.setattr(TaskIdentity, name, 1)
     pop = Population(tmp_path, 1)
-    settings = DeviceSettings(pop.devices[0], budget_epsilon=4.0, delta=1e-5)
+    settings = DeviceSettings(pop.devices[0], budget_epsilon=4.0, policy=EVENT_POLICY)
     app = build_client_app(lambda _ctx: settings)
     msg = Message(
         RecordDict({ROUND_CONFIG: ConfigRecord({**config(), RoundKeys.DELTA: 0.1})}),
@@ -135,9 +135,9 @@ def test_refusals_leave_the_device_as_codes_only(
         assert _state(s) == before
 
     secret = f"cannot open {pop.devices[0]}"
-    with pytest.raises(DeviceRefusal) as caught, _codes_only("d"):
+    with pytest.raises(DeviceRefusalError) as caught, _codes_only("d"):
         raise ReleaseRefusedError(secret, RefusalCode.MIN_COHORT)
     assert str(caught.value) == "min_cohort" and caught.value.__cause__ is None
-    with pytest.raises(DeviceRefusal) as caught, _codes_only("d"):
+    with pytest.raises(DeviceRefusalError) as caught, _codes_only("d"):
         raise OSError(secret)
     assert str(caught.value) == "internal"

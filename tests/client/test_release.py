@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from client.policy import DevicePolicy
 from client.release import (
     RELEASE_WEIGHTING,
     ReleaseParams,
@@ -18,10 +19,14 @@ from client.release import (
 from client.store import EventStore
 from common.errors import BudgetExceededError
 from common.events import iter_records
-from common.privacy import PrivacyBudget, noise_multiplier_for_rounds
+from common.privacy import PrivacyBudget, Scope, noise_multiplier_for_rounds
 from common.projection import PublicProjection, normalize_rows
 from common.records import ReleaseMode, RoundKeys
 from simulations.datasets.synthetic import SyntheticConfig, generate
+
+#: These tests' devices: event level at the delta of :func:`config` (the unit's own tests are
+#: in test_user_level.py).
+EVENT_POLICY = DevicePolicy(delta=1e-5, unit=Scope.EVENT)
 
 D = 16
 

@@ -24,7 +24,7 @@ from common.round_config import RoundConfig
 from simulations.datasets.loaders import partition_by_user
 from simulations.datasets.synthetic import SyntheticConfig, generate
 from simulations.engines.batched import write_shards
-from tests.client.test_release import D, HashEncoder, centroids, config
+from tests.client.test_release import EVENT_POLICY, D, HashEncoder, centroids, config
 
 # -- the arithmetic against an independent computation ----------------------------------------
 
@@ -227,7 +227,7 @@ def test_shard_sum_equals_the_devices_sum_without_noise(tmp_path: Path) -> None:
     (leaf sums with and without the user clip binding, histogram, item counts), and every
     user's ledger holds the same entries as its device's."""
     pop = Population(tmp_path, 12, budget=math.nan)
-    shard = ShardDevices(pop.shard, allow_no_dp=True)
+    shard = ShardDevices(pop.shard, allow_no_dp=True, policy=EVENT_POLICY)
     for cfg, first in _requests():
         want = sum(pop.device_release(i, cfg, first, seed=i) for i in range(12))
         got = shard.release(cfg, first, shard.users.tolist())
@@ -255,7 +255,7 @@ def test_shard_noise_has_the_variance_of_the_devices_shares(tmp_path: Path) -> N
     std = 0.5
     quiet_cfg, _ = _requests()[0]
     first = centroids(79)  # 80 rows x 16 dims a release
-    shard = ShardDevices(pop.shard)
+    shard = ShardDevices(pop.shard, policy=EVENT_POLICY)
     base = sum(quiet.device_release(i, quiet_cfg, first, seed=i) for i in range(10))
     shard_noise, device_noise = [], []
     for r in range(2, 10):
@@ -287,7 +287,7 @@ def test_budgets_replays_and_refusals(tmp_path: Path) -> None:
     with ShardStore(pop.shard) as st:
         # user 5 has a smaller budget (as --device-budgets gives)
         st._conn.execute("UPDATE users SET budget_epsilon = 0.5 WHERE user = 5")
-    shard = ShardDevices(pop.shard)
+    shard = ShardDevices(pop.shard, policy=EVENT_POLICY)
     cfg, first = _requests()[0]
     cfg = {**config(), RoundKeys.SERVER_ROUND: 1}
     out = shard.release(cfg, first, [0, 1, 2, 3, 4, 5])
@@ -305,8 +305,8 @@ def test_a_stale_copy_never_budgets(tmp_path: Path) -> None:
     """Two processes holding the same shard (Flower's Ray backend runs a node's messages on any
     actor): the second reads the first one's ledger rows before checking budgets."""
     pop = Population(tmp_path, 4, budget=1.2)
-    a = ShardDevices(pop.shard)
-    b = ShardDevices(pop.shard)
+    a = ShardDevices(pop.shard, policy=EVENT_POLICY)
+    b = ShardDevices(pop.shard, policy=EVENT_POLICY)
     first = centroids()
     assert a.release({**config(), RoundKeys.SERVER_ROUND: 1}, first, [0, 1, 2, 3]).usable == 4
     # one round of config()'s noise costs ~0.74; a second one would pass 1.2
@@ -318,7 +318,7 @@ def test_malformed_requests_are_refused_before_anything_is_recorded(tmp_path: Pa
     from common.errors import ReleaseRefusedError
 
     pop = Population(tmp_path, 3)
-    shard = ShardDevices(pop.shard)
+    shard = ShardDevices(pop.shard, policy=EVENT_POLICY)
     with pytest.raises(ReleaseRefusedError, match="centroids"):
         shard.release(config(), np.zeros((3, D + 1), np.float32), [0, 1, 2])
     with pytest.raises(ReleaseRefusedError, match="not users of this shard"):

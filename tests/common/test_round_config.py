@@ -143,7 +143,8 @@ def test_device_and_user_ledger_entries() -> None:
     u = s.user_ledger_entry()
     assert (u.mechanism, u.scope, u.sensitivity) == (Mechanism.GAUSSIAN_SUM, Scope.USER, 100.0)
     assert u.noise_multiplier == pytest.approx(4.5 * 2.0 / 100.0)
-    assert u.details == {"output": "leaf sums", "user_clipping_norm": 100.0}
+    assert u.details["output"] == "leaf sums" and u.details["user_clipping_norm"] == 100.0
+    assert u.details["event_noise_multiplier"] == pytest.approx(4.5)
     h = build(task=ReleaseTask.HISTOGRAM, top_k=1).user_ledger_entry()
     assert h.mechanism is Mechanism.GAUSSIAN_HISTOGRAM and h.sensitivity == 1.0
     assert h.noise_multiplier == pytest.approx(4.5 * math.sqrt(2.0))
@@ -198,6 +199,9 @@ def test_missing_key_is_refused() -> None:
         if key == RoundKeys.TASK:  # optional: the leaf sums
             assert RoundConfig.from_record(record).task is ReleaseTask.LEAF_SUMS
             continue
+        if key == RoundKeys.UNIT:  # optional: event level (the device accounts its own unit)
+            assert RoundConfig.from_record(record).unit is Scope.EVENT
+            continue
         with pytest.raises(ReleaseRefusedError, match=key):
             RoundConfig.from_record(record)
 
@@ -207,3 +211,27 @@ def test_refusal_is_a_config_error_and_the_server_builds_only_valid_configs() ->
     assert issubclass(ReleaseRefusedError, ConfigError)
     with pytest.raises(ConfigError):
         build(delta=1.5)
+
+
+def test_user_level_round_calibrates_to_the_user_bound() -> None:
+    """At user level the noise is z x the user bound; the same release recorded at event level
+    has multiplier sigma / min(event bound, 2 x user bound); the device records its own unit;
+    the unit travels in the record and a missing key reads as event level."""
+    s = build(unit=Scope.USER, user_clipping_norm=1.0, mode=ReleaseMode.LOCAL)
+    assert s.sensitivity == s.user_sensitivity == 1.0 and s.noise_std == pytest.approx(4.5)
+    assert s.event_sensitivity == 2.0  # C x max_weight = 2 = 2 x the user bound
+    user, event = s.ledger_entry(Scope.USER), s.ledger_entry(Scope.EVENT)
+    assert (user.scope, user.noise_multiplier, user.sensitivity) == (Scope.USER, 4.5, 1.0)
+    assert (event.scope, event.noise_multiplier) == (Scope.EVENT, pytest.approx(2.25))
+    assert user.details["event_noise_multiplier"] == pytest.approx(2.25)
+    assert s.user_ledger_entry().noise_multiplier == pytest.approx(4.5)
+    hist = build(unit=Scope.USER, user_clipping_norm=1.0, task=ReleaseTask.HISTOGRAM, top_k=2)
+    assert hist.sensitivity == 1.0 and hist.event_sensitivity == pytest.approx(math.sqrt(2))
+    record = s.to_record()
+    assert record[RoundKeys.UNIT] == "user"
+    assert RoundConfig.from_record(record).unit is Scope.USER
+    legacy = {k: v for k, v in build(mode=ReleaseMode.LOCAL).to_record().items() if k != "unit"}
+    assert RoundConfig.from_record(legacy).unit is Scope.EVENT
+    with pytest.raises(ReleaseRefusedError, match="unit") as caught:
+        RoundConfig.from_record({**record, RoundKeys.UNIT: "household"})
+    assert caught.value.code.value == "unit"

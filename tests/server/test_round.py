@@ -64,7 +64,7 @@ def server_config(**over: object) -> ServerConfig:
     run = RunConfig(
         rounds=3,
         min_clients=3,
-        privacy=PrivacyConfig(mode=ReleaseMode.LOCAL, epsilon=4.0),
+        privacy=PrivacyConfig(mode=ReleaseMode.LOCAL, epsilon=4.0, unit=Scope.EVENT, delta=1e-5),
         clustering=ClusteringConfig(projection_dim=DIM, projection_seed=SEED),
         analytics=AnalyticsConfig(popularity=False),
     )
