@@ -46,7 +46,7 @@ import numpy.typing as npt
 
 from client.encoder import TextEncoder, encode_cached
 from client.local_clustering import assign_public
-from client.release_math import count_sum, histogram_sum, leaf_sum
+from client.release_math import count_sum, histogram_sum, integer_share, leaf_sum
 from client.store import EventStore
 from common.errors import RefusalCode, ReleaseRefusedError
 from common.events import Event
@@ -318,7 +318,13 @@ def _finalize(
         check_budget(store.ledger(), [entry], budget) if budget is not None else math.inf
     )
     noiseless = clip_total(compute(), params.user_clipping_norm)
-    noisy = (noiseless + gaussian_noise(noiseless.shape, params.noise_std, rng)).astype(np.float32)
+    if params.discrete:
+        # integer noise: the share is what the secure sum adds exactly (common/privacy/discrete.py)
+        noisy = integer_share(params, noiseless, rng)
+    else:
+        noisy = (noiseless + gaussian_noise(noiseless.shape, params.noise_std, rng)).astype(
+            np.float32
+        )
     buf = io.BytesIO()
     np.save(buf, noisy, allow_pickle=False)
     if checkpoint is not None:

@@ -56,7 +56,13 @@ from client.release import (
     public_projection,
     release_key,
 )
-from client.release_math import UserSum, count_sum, histogram_sum, leaf_sum
+from client.release_math import (
+    UserSum,
+    count_sum,
+    histogram_sum,
+    integer_shares_sum,
+    leaf_sum,
+)
 from client.shard_store import ShardData, ShardStore, StoredRelease
 from common.errors import BudgetExceededError, ReleaseRefusedError
 from common.features import event_weights
@@ -200,7 +206,15 @@ class ShardDevices:
                 # nobody releases: nothing computed, nothing recorded
                 return ShardOutcome(None, 0, dict(statuses), seconds=time.perf_counter() - t0)
             summed = per_user(sel)
-            total = summed.total + self._noise(params, m, summed.total.shape)
+            if params.discrete:
+                if summed.total.size != params.release_dim:
+                    raise ReleaseRefusedError(
+                        f"the release has {summed.total.size} coordinates, the round "
+                        f"announced {params.release_dim}."
+                    )
+                total = integer_shares_sum(params, summed.total, m, self._rng(params))
+            else:
+                total = summed.total + self._noise(params, m, summed.total.shape)
             statuses[ReplyStatus.OK.value] += m
             out_users = self.data.users[releasing]
             seqs = [len(self._ledgers[i]) + 1 for i in releasing]
@@ -268,13 +282,15 @@ class ShardDevices:
         """The sum of ``m`` devices' noise shares, drawn at once (see the module docstring)."""
         if m == 0 or params.noise_std == 0:
             return np.zeros(shape)
-        if self.noise_seed is None:
-            rng = np.random.default_rng()
-        else:
-            salt = [self.noise_seed, self.shard, params.server_round, params.hierarchy_version]
-            rng = np.random.default_rng([*salt, list(ReleaseTask).index(params.task)])
+        rng = self._rng(params)
         out: npt.NDArray[np.float64] = rng.normal(0.0, params.noise_std * math.sqrt(m), size=shape)
         return out
+
+    def _rng(self, params: RoundConfig) -> np.random.Generator:
+        if self.noise_seed is None:
+            return np.random.default_rng()
+        salt = [self.noise_seed, self.shard, params.server_round, params.hierarchy_version]
+        return np.random.default_rng([*salt, list(ReleaseTask).index(params.task)])
 
     # -- the per-task arithmetic ----------------------------------------------------------
 

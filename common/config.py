@@ -14,7 +14,7 @@ from typing import Any
 from common.errors import ConfigError
 from common.privacy.ledger import Scope
 from common.projection import DEFAULT_OUTPUT_DIM, DEFAULT_SEED
-from common.records import ReleaseMode
+from common.records import NoiseKind, ReleaseMode
 
 #: The user bound of each unit when none is given: a user-level run clips each device's
 #: release to norm 1 (the noise is calibrated to it; the numpy study in the developers' brief
@@ -57,6 +57,9 @@ class PrivacyConfig:
             sampled devices carries the full noise; rounds with fewer survivors are aborted
             before unmasking.
         device_epsilon: each device's lifetime budget at the run's unit (default: ``epsilon``).
+        noise: ``gaussian`` (continuous; SecAgg+ quantises it afterwards) or
+            ``discrete-gaussian`` (integer noise added on the device, what SecAgg+ sums is the
+            accounted mechanism: :mod:`common.privacy.discrete`; composed with RDP).
         no_dp: release without noise (insecure; for debugging and the empirical audit).
         accountant: ``pld`` (default) or ``rdp``.
     """
@@ -72,6 +75,7 @@ class PrivacyConfig:
     device_epsilon: float | None = None
     no_dp: bool = False
     accountant: str = "pld"
+    noise: NoiseKind = NoiseKind.GAUSSIAN
 
     def __post_init__(self) -> None:
         if not isinstance(self.mode, ReleaseMode):
@@ -80,6 +84,13 @@ class PrivacyConfig:
             except ValueError:
                 raise ConfigError(
                     f"`mode` must be 'secagg' or 'local'. Found {self.mode!r}."
+                ) from None
+        if not isinstance(self.noise, NoiseKind):
+            try:
+                object.__setattr__(self, "noise", NoiseKind(self.noise))
+            except ValueError:
+                raise ConfigError(
+                    f"`noise` must be one of {[n.value for n in NoiseKind]}. Found {self.noise!r}."
                 ) from None
         if not isinstance(self.unit, Scope):
             try:
@@ -107,6 +118,12 @@ class PrivacyConfig:
     @property
     def sensitivity(self) -> float:
         return self.clipping_norm * self.max_weight
+
+    @property
+    def composition_accountant(self) -> str:
+        """The accountant the run's epsilon is calibrated and audited with: RDP for integer
+        noise (a Renyi bound: :mod:`common.privacy.accounting`), else ``accountant``."""
+        return "rdp" if self.noise is NoiseKind.DISCRETE else self.accountant
 
     @property
     def user_bound(self) -> float:
@@ -344,7 +361,7 @@ class RunConfig:
                 for k, sub in asdict(v).items():
                     if sub is not None:
                         out[f"{f.name}-{k}".replace("_", "-")] = (
-                            sub.value if isinstance(sub, (ReleaseMode, Scope)) else sub
+                            sub.value if isinstance(sub, (ReleaseMode, Scope, NoiseKind)) else sub
                         )
             elif v is not None:
                 out[f.name.replace("_", "-")] = v

@@ -56,6 +56,7 @@ __all__ = [
     "SUMS",
     "TASK_SENSITIVITY",
     "AdapterKeys",
+    "NoiseKind",
     "ReleaseMode",
     "ReleaseTask",
     "ReplyKeys",
@@ -170,6 +171,17 @@ class ReleaseMode(str, enum.Enum):
     """Each device adds the full noise; the server sees every noisy release."""
 
 
+class NoiseKind(str, enum.Enum):
+    """The noise a release carries."""
+
+    GAUSSIAN = "gaussian"
+    """Continuous Gaussian (Flower's SecAgg+ then quantises it; the accounting is the
+    continuous mechanism's)."""
+    DISCRETE = "discrete-gaussian"
+    """Integer noise: the distributed discrete Gaussian (:mod:`common.privacy.discrete`);
+    what SecAgg+ sums is exactly the accounted mechanism."""
+
+
 class RoundKeys:
     """Keys of the per-round config record (server -> device)."""
 
@@ -192,6 +204,12 @@ class RoundKeys:
     TOP_K: Final = "top-k"
     UNIT: Final = "unit"
     """The privacy unit the noise is calibrated for (``user`` or ``event``)."""
+    NOISE: Final = "noise"
+    """:class:`NoiseKind` (absent: continuous Gaussian)."""
+    CLIP_UNITS: Final = "clip-units"
+    """Integer noise: the release's norm bound in integer units."""
+    RELEASE_DIM: Final = "release-dim"
+    """Integer noise: the release's number of coordinates."""
 
 
 class AdapterKeys:

@@ -55,9 +55,15 @@ from typing import Any, Final
 
 from common.adapter import DPSGD_GROUP_SIZE, event_level_dpsgd
 from common.errors import ConfigError, RefusalCode, ReleaseRefusedError
+from common.privacy.discrete import (
+    DEFAULT_BETA,
+    DEFAULT_CLIP_UNITS,
+    ddg_multiplier,
+    rounded_norm_bound,
+)
 from common.privacy.ledger import LedgerEntry, Mechanism, Scope
 from common.privacy.mechanisms import secagg_share_std
-from common.records import TASK_SENSITIVITY, ReleaseMode, ReleaseTask, RoundKeys
+from common.records import TASK_SENSITIVITY, NoiseKind, ReleaseMode, ReleaseTask, RoundKeys
 
 #: The privacy unit of a run: the neighbouring relation its noise is calibrated for.
 PrivacyUnit = Scope
@@ -125,6 +131,10 @@ class RoundConfig:
         unit: the neighbouring relation the noise is calibrated for (``user``: one device
             with all its data; ``event``: one event). A record without the key is event
             level (the earlier wire format); the device accounts in its own unit either way.
+        noise: continuous Gaussian or integer noise (the distributed discrete Gaussian); with
+            integer noise ``noise_std`` is the device's std in release units (``sigma x
+            granularity``), ``clip_units`` the release's norm bound in integer units and
+            ``release_dim`` its number of coordinates.
     """
 
     server_round: int
@@ -144,6 +154,9 @@ class RoundConfig:
     task: ReleaseTask = ReleaseTask.LEAF_SUMS
     top_k: int | None = None
     unit: Scope = Scope.EVENT
+    noise: NoiseKind = NoiseKind.GAUSSIAN
+    clip_units: float = DEFAULT_CLIP_UNITS
+    release_dim: int | None = None
 
     # -- the privacy contract -------------------------------------------------------------------
 
@@ -188,7 +201,16 @@ class RoundConfig:
 
     @property
     def required_noise_std(self) -> float:
-        """The std one device must add: ``z * Delta / sqrt(noise_shares)``."""
+        """The std one device must add: ``z * Delta / sqrt(noise_shares)``; with integer
+        noise, ``z * Delta_2 / sqrt(noise_shares)`` integer units (``Delta_2``: the rounded
+        sensitivity at the round's unit), in release units."""
+        if self.discrete and self.release_dim is not None:
+            return (
+                self.noise_multiplier
+                * self.integer_sensitivity_at(self.unit)
+                / math.sqrt(self.noise_shares)
+                * self.granularity
+            )
         return secagg_share_std(
             noise_multiplier=self.noise_multiplier,
             sensitivity=self.sensitivity,
@@ -196,8 +218,76 @@ class RoundConfig:
         )
 
     def multiplier_at(self, scope: Scope) -> float:
-        """The release's Gaussian multiplier at ``scope``: ``sigma / Delta_scope``."""
+        """The release's Gaussian multiplier at ``scope``: ``sigma / Delta_scope`` (integer
+        noise: the distributed discrete Gaussian's, :meth:`discrete_multiplier_at`)."""
+        if self.discrete:
+            return self.discrete_multiplier_at(scope)
         return self.total_noise_std / self.sensitivity_at(scope)
+
+    # -- integer noise (common/privacy/discrete.py) ---------------------------------------------
+
+    @property
+    def discrete(self) -> bool:
+        return self.noise is NoiseKind.DISCRETE and not self.non_private
+
+    @property
+    def granularity(self) -> float:
+        """One integer unit in release units: ``Delta_unit / clip_units``."""
+        return self.sensitivity / self.clip_units
+
+    @property
+    def integer_sigma(self) -> float:
+        """Each device's noise std in integer units."""
+        return self.noise_std / self.granularity
+
+    def _dim(self) -> int:
+        if self.release_dim is None:
+            raise ReleaseRefusedError(
+                f"integer noise needs `{RoundKeys.RELEASE_DIM}` (the release's coordinates)."
+            )
+        return self.release_dim
+
+    def integer_sensitivity_at(self, scope: Scope) -> float:
+        """The L2 sensitivity of the integer sum at ``scope``.
+
+        User unit: each release is rounded conditionally to norm ``Delta_2``
+        (:func:`~common.privacy.discrete.rounded_norm_bound`; Kairouz, Liu and Steinke 2021,
+        Thm. 1): ``Delta_2`` per device; one event moves a device's rounded vector within the
+        ball of radius ``Delta_2``: at most ``2 Delta_2``. Event unit: each coordinate is
+        rounded unconditionally with its own uniform threshold; coupling two neighbours' roundings
+        through the same thresholds moves each coordinate by at most ``|x_i - x'_i| + 1``,
+        so ``clip_units + sqrt(d)``, and Renyi divergence is jointly quasi-convex (van Erven and
+        Harremoes 2014, "Renyi divergence and Kullback-Leibler divergence", Thm. 13), so the
+        mixture over thresholds is bounded by the worst coupled pair; at user level a device's
+        rounded release has norm at most ``B / gamma + sqrt(d)``."""
+        d = self._dim()
+        if self.unit is Scope.USER:
+            d2 = rounded_norm_bound(self.clip_units, d, DEFAULT_BETA)
+            return d2 if scope is Scope.USER else 2.0 * d2
+        if scope is Scope.EVENT:
+            return self.clip_units + math.sqrt(d)
+        return self.user_sensitivity / self.granularity + math.sqrt(d)
+
+    def discrete_multiplier_at(self, scope: Scope) -> float:
+        """The Gaussian multiplier bounding the integer sum's Renyi DP at ``scope``
+        (:func:`common.privacy.discrete.ddg_multiplier`, ``noise_shares`` devices)."""
+        return ddg_multiplier(
+            sensitivity=self.integer_sensitivity_at(scope),
+            sigma=self.integer_sigma,
+            n=self.noise_shares,
+            dim=self._dim(),
+        )
+
+    @property
+    def integer_range(self) -> int:
+        """Every coordinate of a device's integer share lies in ``[-R, R]``: its rounded
+        release plus 16 noise deviations (:func:`common.privacy.discrete.integer_range`)."""
+        bound = (
+            self.integer_sensitivity_at(Scope.USER)
+            if self.unit is Scope.USER
+            else self.user_sensitivity / self.granularity + math.sqrt(self._dim())
+        )
+        return math.ceil(bound + 16.0 * self.integer_sigma)
 
     def ledger_entry(self, scope: Scope = Scope.EVENT) -> LedgerEntry:
         """The device's record of this release at ``scope`` (its own unit; written before the
@@ -207,9 +297,11 @@ class RoundConfig:
         recorded as ``non_private`` (epsilon infinite)."""
         other = Scope.EVENT if scope is Scope.USER else Scope.USER
         return LedgerEntry(
-            mechanism=Mechanism.NON_PRIVATE if self.non_private else TASK_MECHANISM[self.task],
+            mechanism=self._mechanism,
             noise_multiplier=0.0 if self.non_private else self.multiplier_at(scope),
-            sensitivity=self.sensitivity_at(scope),
+            sensitivity=(
+                self.integer_sensitivity_at(scope) if self.discrete else self.sensitivity_at(scope)
+            ),
             server_round=self.server_round,
             scope=scope,
             details={
@@ -223,8 +315,28 @@ class RoundConfig:
                 f"{other.value}_noise_multiplier": (
                     0.0 if self.non_private else self.multiplier_at(other)
                 ),
+                **self._discrete_details,
             },
         )
+
+    @property
+    def _mechanism(self) -> Mechanism:
+        if self.non_private:
+            return Mechanism.NON_PRIVATE
+        return Mechanism.DISCRETE_GAUSSIAN if self.discrete else TASK_MECHANISM[self.task]
+
+    @property
+    def _discrete_details(self) -> dict[str, Any]:
+        if not self.discrete:
+            return {}
+        return {
+            "noise": self.noise.value,
+            "granularity": self.granularity,
+            "clip_units": self.clip_units,
+            "integer_sigma": self.integer_sigma,
+            "release_dim": self.release_dim,
+            "noise_shares": self.noise_shares,
+        }
 
     def user_ledger_entry(self) -> LedgerEntry:
         """The server's user-level record of this release (add/remove one device): one
@@ -234,6 +346,7 @@ class RoundConfig:
             "output": _USER_OUTPUT[self.task],
             "unit": self.unit.value,
             "event_noise_multiplier": 0.0 if self.non_private else self.multiplier_at(Scope.EVENT),
+            **self._discrete_details,
         }
         if self.task is ReleaseTask.LEAF_SUMS:
             details["user_clipping_norm"] = self.user_clipping_norm
@@ -247,9 +360,9 @@ class RoundConfig:
                 details=details,
             )
         return LedgerEntry(
-            TASK_MECHANISM[self.task],
+            self._mechanism,
             self.multiplier_at(Scope.USER),
-            self.user_sensitivity,
+            self.integer_sensitivity_at(Scope.USER) if self.discrete else self.user_sensitivity,
             server_round=self.server_round,
             scope=Scope.USER,
             details=details,
@@ -278,6 +391,8 @@ class RoundConfig:
         task: ReleaseTask = ReleaseTask.LEAF_SUMS,
         top_k: int | None = None,
         unit: Scope = Scope.EVENT,
+        noise: NoiseKind = NoiseKind.GAUSSIAN,
+        release_dim: int | None = None,
     ) -> RoundConfig:
         """The server's config of one release task for a cohort of ``sampled`` devices; the
         noise std is the share :attr:`required_noise_std` prescribes.
@@ -303,6 +418,8 @@ class RoundConfig:
             task=task,
             top_k=top_k,
             unit=Scope(unit),
+            noise=NoiseKind(noise),
+            release_dim=release_dim,
         )
         out = replace(base, noise_std=float(base.required_noise_std))
         out.check(allow_no_dp=True)
@@ -328,6 +445,11 @@ class RoundConfig:
             RoundKeys.DELTA: float(self.delta),
             RoundKeys.UNIT: self.unit.value,
         }
+        if self.noise is NoiseKind.DISCRETE:
+            out[RoundKeys.NOISE] = self.noise.value
+            out[RoundKeys.CLIP_UNITS] = float(self.clip_units)
+        if self.release_dim is not None:
+            out[RoundKeys.RELEASE_DIM] = int(self.release_dim)
         if self.top_k is not None:
             out[RoundKeys.TOP_K] = int(self.top_k)
         return out
@@ -397,6 +519,19 @@ class RoundConfig:
                 f"round config `{RoundKeys.UNIT}` must be 'user' or 'event'. Found {raw_unit!r}.",
                 RefusalCode.UNIT,
             ) from None
+        raw_noise = cfg.get(RoundKeys.NOISE, NoiseKind.GAUSSIAN.value)
+        try:
+            noise = NoiseKind(raw_noise)
+        except ValueError:
+            raise ReleaseRefusedError(
+                f"round config `{RoundKeys.NOISE}` must be one of "
+                f"{[n.value for n in NoiseKind]}. Found {raw_noise!r}."
+            ) from None
+        extra: dict[str, Any] = {}
+        if RoundKeys.CLIP_UNITS in cfg:
+            extra["clip_units"] = get(RoundKeys.CLIP_UNITS, float)
+        if RoundKeys.RELEASE_DIM in cfg:
+            extra["release_dim"] = get(RoundKeys.RELEASE_DIM, int)
         return cls(
             server_round=get(RoundKeys.SERVER_ROUND, int),
             hierarchy_version=get(RoundKeys.HIERARCHY_VERSION, int),
@@ -415,6 +550,8 @@ class RoundConfig:
             task=task,
             top_k=top_k,
             unit=unit,
+            noise=noise,
+            **extra,
         )
 
     def check(self, *, allow_no_dp: bool = False) -> None:
@@ -451,6 +588,20 @@ class RoundConfig:
             )
         if self.top_k is not None and self.top_k < 1:
             raise ReleaseRefusedError(f"`top_k` must be >= 1. Found {self.top_k}.")
+        if self.noise is NoiseKind.DISCRETE:
+            if not 1 <= self.clip_units <= 1 << 20:
+                raise ReleaseRefusedError(
+                    f"`clip_units` must be in [1, 2^20]. Found {self.clip_units!r}."
+                )
+            if self.release_dim is None or self.release_dim < 1:
+                raise ReleaseRefusedError(
+                    f"integer noise needs `release_dim` >= 1. Found {self.release_dim!r}."
+                )
+            if not self.non_private and self.integer_range >= 1 << 24:
+                # shares travel as float32, exact for integers below 2^24
+                raise ReleaseRefusedError(
+                    f"the integer range {self.integer_range} does not fit a float32 share."
+                )
         if self.noise_std < self.required_noise_std * (1 - 1e-9):
             raise ReleaseRefusedError(
                 f"`noise_std` {self.noise_std:.6g} is below the {self.required_noise_std:.6g} that "

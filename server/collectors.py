@@ -231,6 +231,7 @@ class SecAggCollector:
             config=cfg.to_record(),
             server_round=cfg.server_round,
             clipping_range=request.clipping_range,
+            quantization_range=request.quantization_range,
             min_survivors=request.min_survivors,
             timeout=self.timeout,
         )

@@ -49,6 +49,7 @@ from common.hierarchy import Hierarchy
 from common.privacy import epsilon_of_entries
 from common.privacy.ledger import LedgerEntry, Mechanism, Scope
 from common.records import ReleaseMode, ReleaseTask, encode_ids
+from common.round_config import RoundConfig
 from common.vocabulary import LabelSpace
 from server.aggregation import LeafState, aggregate_round, leaf_statistics
 from server.hierarchy_builder import build_hierarchy
@@ -140,17 +141,26 @@ def _adapter_arrays(state: ServerState, config: ServerConfig) -> tuple[npt.NDArr
     return ()
 
 
+def dequantised(releases: ReleaseSum, cfg: RoundConfig) -> ReleaseSum:
+    """A sum of integer shares back in release units (times the granularity); a continuous
+    release as it is."""
+    if not cfg.discrete or releases.total is None:
+        return releases
+    return replace(releases, total=releases.total * cfg.granularity)
+
+
 def release_request(
     state: ServerState, config: ServerConfig, server_round: int, nodes: Sequence[int]
 ) -> ReleaseRequest:
     """The tree release of a round: the leaf sums over the current public centroids."""
+    leaves = state.leaves
     cfg = config.release_config(
         ReleaseTask.LEAF_SUMS,
         server_round=server_round,
         hierarchy_version=state.version,
         sampled=len(nodes),
+        release_dim=(leaves.num_leaves + 1) * leaves.dim,
     )
-    leaves = state.leaves
     return ReleaseRequest(
         nodes=tuple(nodes),
         config=cfg,
@@ -233,7 +243,7 @@ def round_step(
     Raises:
         ConfigError: the adapter trains this round but the cohort result has no update.
     """
-    request, releases = cohort.request, cohort.releases
+    request, releases = cohort.request, dequantised(cohort.releases, cohort.request.config)
     cfg = request.config
     server_round = cfg.server_round
     adapter, adapter_record = _adapter_transition(state, cohort.adapter, config, server_round)
@@ -398,18 +408,31 @@ def device_epsilon(
     epsilon.)"""
     if config.noise_multiplier == 0:
         return math.inf
+    # integer noise: the other relation's bound grows with the release's dimension; the
+    # largest possible one is used (an upper bound; the devices' ledgers have the exact one)
+    c = config.run.clustering
+    dims = {
+        ReleaseTask.LEAF_SUMS: (c.max_leaves + 1) * config.projection.output_dim,
+        ReleaseTask.ITEM_COUNTS: len(config.catalogue or ()) or 1,
+        ReleaseTask.HISTOGRAM: c.max_leaves,
+    }
     entries = [
         config.release_config(
             ReleaseTask.LEAF_SUMS,
             server_round=r,
             hierarchy_version=0,
             sampled=config.run.min_clients,
+            release_dim=dims[ReleaseTask.LEAF_SUMS],
         ).ledger_entry(scope)
         for r in range(1, server_round + 1)
     ]
     entries += [
         config.release_config(
-            task, server_round=r, hierarchy_version=0, sampled=config.run.min_clients
+            task,
+            server_round=r,
+            hierarchy_version=0,
+            sampled=config.run.min_clients,
+            release_dim=dims[task],
         ).ledger_entry(scope)
         for r, task in state.aux_releases
     ]
@@ -420,7 +443,9 @@ def device_epsilon(
             return math.inf
         entries += [run_dpsgd_entry(config.run, r) for r in state.adapter.rounds]
     p = config.run.privacy
-    return epsilon_of_entries(entries, delta=p.delta, scope=scope, accountant=p.accountant)
+    return epsilon_of_entries(
+        entries, delta=p.delta, scope=scope, accountant=p.composition_accountant
+    )
 
 
 # -- releases over the new tree ---------------------------------------------------------------
@@ -448,6 +473,7 @@ def aux_requests(
             hierarchy_version=h.version,
             sampled=len(nodes),
             top_k=k,
+            release_dim=len(ids),
         )
         out.append(
             ReleaseRequest(
@@ -464,6 +490,7 @@ def aux_requests(
             server_round=server_round,
             hierarchy_version=h.version,
             sampled=len(nodes),
+            release_dim=len(config.catalogue),
         )
         out.append(
             ReleaseRequest(
@@ -490,6 +517,7 @@ def aux_step(
     }
     if task not in handlers:
         raise ConfigError(f"`{task.value}` is not an auxiliary release.")
+    result = replace(result, releases=dequantised(result.releases, result.request.config))
     record, extra = handlers[task](outcome, result, config)
     summary = replace(
         outcome.summary, analytics={**outcome.summary.analytics, _AUX_KEY[task]: record}

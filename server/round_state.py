@@ -135,7 +135,7 @@ class ServerConfig:
                 delta=p.delta,
                 rounds=run.gaussian_releases(popularity=items is not None),
                 other=adapter_event_terms(run),
-                accountant=p.accountant,
+                accountant=p.composition_accountant,
             )
         )
         aggregation = AggregationConfig.from_clustering(c)
@@ -162,8 +162,10 @@ class ServerConfig:
         hierarchy_version: int,
         sampled: int,
         top_k: int | None = None,
+        release_dim: int | None = None,
     ) -> RoundConfig:
-        """The round config of one release task for a cohort of ``sampled`` devices."""
+        """The round config of one release task for a cohort of ``sampled`` devices
+        (``release_dim``: the release's coordinates, needed by integer noise)."""
         p = self.run.privacy
         return RoundConfig.for_release(
             server_round=server_round,
@@ -177,6 +179,8 @@ class ServerConfig:
             max_weight=p.max_weight,
             user_clipping_norm=p.user_bound,
             unit=p.unit,
+            noise=p.noise,
+            release_dim=release_dim,
             residual_threshold=self.run.clustering.residual_threshold,
             projection_seed=self.projection.seed,
             projection_dim=self.projection.output_dim,
@@ -296,14 +300,30 @@ class ReleaseRequest:
 
     @property
     def per_device_bound(self) -> float:
-        """The largest norm an honest device's noisy release can have (user bound + noise)."""
+        """The largest norm an honest device's noisy release can have (user bound + noise;
+        integer noise: in integer units)."""
         entries = int(np.prod(self.shape))
-        return self.config.user_clipping_norm + noise_norm_bound(self.config.noise_std, entries)
+        cfg = self.config
+        if cfg.discrete:
+            return (
+                cfg.integer_range
+                - 16.0 * cfg.integer_sigma
+                + noise_norm_bound(cfg.integer_sigma, entries)
+            )
+        return cfg.user_clipping_norm + noise_norm_bound(cfg.noise_std, entries)
 
     @property
     def clipping_range(self) -> float:
-        """The coordinate range SecAgg+ quantizes (the user bound plus the noise's tails)."""
+        """The coordinate range SecAgg+ quantizes (the user bound plus the noise's tails;
+        integer noise: the integer range, see :attr:`quantization_range`)."""
+        if self.config.discrete:
+            return float(self.config.integer_range)
         return self.config.user_clipping_norm + 8 * self.config.noise_std
+
+    @property
+    def quantization_range(self) -> int | None:
+        """Integer shares: ``2 R``, Flower's quantisation then adds ``R`` exactly."""
+        return 2 * self.config.integer_range if self.config.discrete else None
 
 
 @dataclass(frozen=True)

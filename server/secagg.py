@@ -219,6 +219,7 @@ def secagg_sum(
     server_round: int,
     clipping_range: float,
     min_survivors: int,
+    quantization_range: int | None = None,
     num_shares: int | float | None = None,
     reconstruction_threshold: float = DEFAULT_RECONSTRUCTION_THRESHOLD,
     timeout: float | None = None,
@@ -236,6 +237,10 @@ def secagg_sum(
         clipping_range: every release coordinate must lie in ``[-range, range]`` (releases are
             clipped to the user bound, plus the noise share's tails).
         min_survivors: fewest masked vectors to unmask at all.
+        quantization_range: integer shares (the distributed discrete Gaussian): ``2 x
+            clipping_range``, so that Flower's quantisation maps each integer ``v`` to
+            ``v + clipping_range`` exactly (no rounding) and the masked sum is the integers'
+            sum; ``None``: the continuous default below.
         num_shares: secret shares per device (default: :func:`default_num_shares`).
         reconstruction_threshold: share of the shares needed to reconstruct.
         timeout: seconds per stage.
@@ -256,6 +261,14 @@ def secagg_sum(
     shares: int | float = num_shares if num_shares is not None else default_num_shares(n)
     # the masked sum of n quantized vectors must stay below the modulus (2**32)
     quant = 1 << max(8, min(22, int(math.log2((2**32 - 1) / (n + 1)))))
+    if quantization_range is not None:
+        if quantization_range * (n + 1) >= 2**32:
+            return SecAggOutcome(
+                None,
+                0,
+                [f"{n} integer shares of range {quantization_range} would wrap modulo 2^32"],
+            )
+        quant = quantization_range
     workflow = _GuardedSecAggPlus(
         num_shares=shares,
         reconstruction_threshold=reconstruction_threshold,

@@ -197,7 +197,7 @@ def _crosscheck_rounds(
         keys = {
             (e.server_round, task_of(e))
             for e in h.audit.entries
-            if e.scope is Scope.EVENT and e.server_round is not None
+            if e.server_round is not None  # a device's own entries, at its unit
         }
         for key in keys:
             holders[key].update(names)

@@ -87,11 +87,14 @@ def run_metrics(data: RunData, h: Hierarchy, summaries: list[RoundSummary]) -> d
     z = summaries[0].noise_multiplier if summaries else 0.0
     per_round = math.inf if z == 0 else gaussian_epsilon(z, p.delta, p.accountant)
     total = done[-1].epsilon_event_level if done else 0.0
+    total_user = done[-1].epsilon_user_level if done else 0.0
     sampled_rounds = sum(s.sampled for s in summaries) or 1
     out: dict[str, Any] = {
         "dataset": bundle.name,
         "mode": p.mode.value,
         "no_dp": p.no_dp,
+        "unit": p.unit.value,
+        "epsilon_user_level_total": total_user,
         "epsilon_event_level_total": total,
         "epsilon_event_level_per_round": per_round,
         "epsilon_budget": p.epsilon,

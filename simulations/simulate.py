@@ -418,10 +418,13 @@ def _round_printer(
 
     def on_round(s: RoundSummary) -> None:
         summaries.append(s)
-        eps = "inf" if not math.isfinite(s.epsilon_event_level) else f"{s.epsilon_event_level:.3f}"
+        unit = run.privacy.unit
+        value = s.epsilon_user_level if unit.value == "user" else s.epsilon_event_level
+        eps = "inf" if not math.isfinite(value) else f"{value:.3f}"
         say(
             f"round {s.server_round}/{run.rounds}: {s.status}, {s.usable}/{s.sampled} releases, "
-            f"{s.live_leaves} fine / {s.level1_nodes} broad interests, event-level epsilon {eps}, {s.seconds:.1f}s"
+            f"{s.live_leaves} fine / {s.level1_nodes} broad interests, {unit.value}-level "
+            f"epsilon {eps}, {s.seconds:.1f}s"
         )
 
     return on_round

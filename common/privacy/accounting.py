@@ -4,7 +4,12 @@ Each :class:`~common.privacy.ledger.LedgerEntry` maps to a ``dp_accounting`` ``D
 
 - ``gaussian_sum`` / ``gaussian_count`` / ``gaussian_histogram`` / ``server_gaussian``:
   ``GaussianDpEvent(z)`` self-composed ``steps`` times;
-- ``dpsgd``: ``PoissonSampledDpEvent(q, GaussianDpEvent(z))`` self-composed ``steps`` times.
+- ``dpsgd``: ``PoissonSampledDpEvent(q, GaussianDpEvent(z))`` self-composed ``steps`` times;
+- ``discrete_gaussian`` (the distributed discrete Gaussian, :mod:`common.privacy.discrete`):
+  its Renyi DP is bounded at every order by ``GaussianDpEvent(z)``'s, which is what it is
+  composed as, **with the RDP accountant**: a ledger holding one is composed with RDP as a
+  whole (a Renyi bound does not imply the Gaussian's privacy-loss distribution, which PLD
+  would use).
 
 All records of one scope are composed with the PLD accountant (default) or RDP. Before
 composing, un-sampled Gaussian events are merged into one exactly equivalent Gaussian
@@ -48,6 +53,7 @@ class Accountant(str, enum.Enum):
 
 _GAUSSIAN_KINDS = frozenset(
     {
+        Mechanism.DISCRETE_GAUSSIAN,
         Mechanism.GAUSSIAN_SUM,
         Mechanism.GAUSSIAN_COUNT,
         Mechanism.GAUSSIAN_HISTOGRAM,
@@ -174,6 +180,8 @@ def epsilon_of_entries(
     except ValueError:
         raise ConfigError(f"`accountant` must be 'pld' or 'rdp'. Found {accountant!r}.") from None
     selected = [e for e in entries if e.scope is scope]
+    if any(e.mechanism is Mechanism.DISCRETE_GAUSSIAN for e in selected):
+        kind = Accountant.RDP  # a Renyi bound only: see the module docstring
     return _epsilon_cached(_normalised(selected, merge_gaussians), float(delta), kind.value)
 
 

@@ -34,6 +34,10 @@ class Mechanism(str, enum.Enum):
     """Gaussian on a bounded top-k indicator vector (population analytics)."""
     SERVER_GAUSSIAN = "server_gaussian"
     """Server-side Gaussian noise on a clipped per-user aggregate (user level)."""
+    DISCRETE_GAUSSIAN = "discrete_gaussian"
+    """The distributed discrete Gaussian (integer noise under secure aggregation; Kairouz, Liu
+    and Steinke 2021): Renyi DP bounded by a Gaussian's with ``noise_multiplier``, composed with
+    RDP only (:mod:`common.privacy.discrete`)."""
     NON_PRIVATE = "non_private"
     """A release without noise (``--no-dp``): epsilon is infinite."""
 

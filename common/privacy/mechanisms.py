@@ -136,6 +136,8 @@ def calibrate_release_multiplier(
         ConfigError: when the other mechanisms alone already spend ``epsilon``.
     """
     _positive(epsilon, "epsilon")
+    if accountant == "rdp" and not other:
+        return _rdp_multiplier(round(epsilon, 12), delta) * math.sqrt(rounds)
     if not other:
         return noise_multiplier_for_rounds(epsilon=epsilon, delta=delta, rounds=rounds)
     return _calibrate_with_others(round(epsilon, 12), delta, rounds, tuple(other), accountant)
@@ -184,6 +186,20 @@ def _calibrate_with_others(
         else:
             hi = mid
     return hi
+
+
+@lru_cache(maxsize=256)
+def _rdp_multiplier(epsilon: float, delta: float) -> float:
+    """The smallest ``z`` (to 0.1%) whose Gaussian meets ``epsilon`` under dp-accounting's RDP
+    accountant (what a ledger with integer noise is composed with)."""
+    from common.privacy.accounting import gaussian_epsilon
+
+    z = noise_multiplier_for_rounds(epsilon=epsilon, delta=delta, rounds=1)
+    for _ in range(5000):
+        if gaussian_epsilon(z, delta, "rdp") <= epsilon:
+            return z
+        z *= 1.001
+    raise ConfigError(f"no noise multiplier reaches epsilon={epsilon} at delta={delta} (RDP).")
 
 
 @lru_cache(maxsize=256)

@@ -41,6 +41,7 @@ SECTIONS: dict[str, Callable[[bool], list[dict[str, Any]]]] = {
     "synthetic": synthetic.run,
     "scale": scale.run,
     "engines": scale.run_quality,
+    "user_level": scale.run_user_level,
 }
 
 

@@ -28,7 +28,10 @@ def simulate_child(spec: dict[str, Any]) -> dict[str, Any]:
     run = RunConfig(
         rounds=int(spec["rounds"]),
         seed=int(spec.get("seed", 0)),
-        privacy=PrivacyConfig(mode=spec.get("mode", "secagg")),
+        privacy=PrivacyConfig(
+            mode=spec.get("mode", "secagg"),
+            **{k: spec[k] for k in ("epsilon", "unit", "delta", "no_dp") if k in spec},
+        ),
         analytics=AnalyticsConfig(popularity=bool(spec.get("popularity", True))),
     )
     taxonomy = Path(spec["taxonomy"]) if spec.get("taxonomy") else None
@@ -56,6 +59,8 @@ def simulate_child(spec: dict[str, Any]) -> dict[str, Any]:
         "events",
         "ratio",
         "evaluation",
+        "epsilon_user_level_total",
+        "epsilon_event_level_total",
     )
     out = {k: m[k] for k in keep if k in m}
     out["rounds"] = [

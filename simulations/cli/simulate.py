@@ -24,7 +24,7 @@ from common.config import (
     RunConfig,
 )
 from common.privacy.ledger import Scope
-from common.records import ReleaseMode
+from common.records import NoiseKind, ReleaseMode
 from simulations import options as _options
 from simulations.cli.base import (
     Parser,
@@ -64,6 +64,7 @@ _RUN_FLAGS: dict[str | None, tuple[str, ...]] = {
         "epsilon",
         "delta",
         "unit",
+        "noise",
         "user_clipping_norm",
         "mode",
         "no_dp",
@@ -253,8 +254,13 @@ def _print_run_summary(run_dir: Path, metrics: dict[str, Any]) -> None:
         print(f"{'ranking':<20}" + "".join(f"{c:>13}" for c in sides))
         for key, name in (("auc", "AUC"), ("ndcg10", "nDCG@10"), ("recall10", "recall@10")):
             print(f"{name:<20}" + "".join(f"{ranking[c][key]:>13.3f}" for c in sides))
-    eps = metrics["epsilon_event_level_total"]
-    eps_s = eps if isinstance(eps, str) else f"{eps:.3f}"
+    def fmt(eps: Any) -> str:
+        return eps if isinstance(eps, str) else f"{eps:.3f}"
+
+    eps_s = (
+        f"user-level epsilon {fmt(metrics.get('epsilon_user_level_total', 'n/a'))}, event level "
+        f"{fmt(metrics['epsilon_event_level_total'])}"
+    )
     up = metrics.get("bytes_up_per_client_per_round")
     engine = metrics.get("engine") or {}
     cost = (
@@ -263,7 +269,7 @@ def _print_run_summary(run_dir: Path, metrics: dict[str, Any]) -> None:
         else f"{engine.get('name', '?')} engine on {len(engine.get('workers') or [])} shard nodes"
     )
     print(
-        f"\nmode {metrics['mode']}, event-level epsilon {eps_s} (delta {metrics['delta']:g}) over "
+        f"\nmode {metrics['mode']}, {eps_s} (delta {metrics['delta']:g}) over "
         f"{metrics['rounds_completed']}/{metrics['rounds']} rounds, {metrics['clients']} clients, "
         f"{cost}, {metrics['wall_seconds']:.0f}s"
     )
@@ -382,6 +388,14 @@ def add_run_settings(p: argparse.ArgumentParser) -> None:
         default=d.privacy.unit.value,
         help="privacy unit: user (neighbours differ by one device with all its data) or event "
         f"(by one event; for comparison) (default {d.privacy.unit.value})",
+    )
+    p.add_argument(
+        "--noise",
+        choices=[n.value for n in NoiseKind],
+        default=d.privacy.noise.value,
+        help="gaussian (continuous; SecAgg+ quantises it) or discrete-gaussian (integer noise on "
+        "the device: what SecAgg+ sums is the accounted mechanism, composed with RDP) (default "
+        f"{d.privacy.noise.value})",
     )
     p.add_argument(
         "--user-clipping-norm",

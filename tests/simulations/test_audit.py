@@ -16,6 +16,7 @@ import pytest
 from client.store import EventStore
 from common.config import PrivacyConfig, RunConfig
 from common.privacy import LedgerEntry, Mechanism
+from common.privacy.ledger import Scope
 from common.records import ReleaseMode
 from server.storage import ServerStorage
 from simulations.audit import audit_device, audit_run
@@ -29,7 +30,11 @@ from simulations.simulate import SimulateOptions, simulate
 def small_budget_run(tmp_path_factory: pytest.TempPathFactory, cache: Path) -> Path:
     """6 devices x 3 rounds; device 0's budget allows exactly one release."""
     out = tmp_path_factory.mktemp("audit") / "run"
-    run = RunConfig(rounds=3, seed=3, privacy=PrivacyConfig(epsilon=2.0, mode=ReleaseMode.LOCAL))
+    run = RunConfig(
+        rounds=3,
+        seed=3,
+        privacy=PrivacyConfig(epsilon=2.0, mode=ReleaseMode.LOCAL, unit=Scope.EVENT, delta=1e-5),
+    )
     from common.privacy import gaussian_epsilon, noise_multiplier_for_rounds
 
     # the run calibrates its multiplier over the 3 tree rounds and the popularity release

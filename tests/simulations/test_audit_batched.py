@@ -16,6 +16,7 @@ import json
 import shutil
 import sqlite3
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +85,15 @@ def _independent(run: Path, delta: float) -> dict[str, dict[str, Any]]:
         with ShardStore(path, read_only=True) as st:
             users = sorted(st.ledger_ids())
             for u in users:
-                entries = [e for e in st.user_ledger(u) if e.scope is Scope.EVENT]
+                # the run is user level: each entry carries its event-level multiplier
+                entries = [
+                    replace(
+                        e, noise_multiplier=e.details["event_noise_multiplier"], scope=Scope.EVENT
+                    )
+                    if e.scope is Scope.USER
+                    else e
+                    for e in st.user_ledger(u)
+                ]
                 kinds = sorted({e.mechanism.value for e in entries})
                 rounds = sorted({e.server_round for e in entries if e.server_round is not None})
                 out[f"user-{u:05d}"] = {
@@ -121,7 +130,9 @@ def test_clean_batched_run_audits_every_user(run: Path) -> None:
     report = audit_run(run)
     assert report["engine"] == "batched" and report["source"] == "user ledgers"
     assert report["flags"] == [], report["flags"]
-    assert _rows(report) == _independent(run, 1e-5)
+    assert _rows(report) == _independent(run, 1e-6)
+    head = report["headline"]
+    assert head["unit"] == "user" and head["epsilon_user_level"] == pytest.approx(2.0, abs=0.01)
     ev = report["event_level"]
     assert ev["devices"] == USERS and ev["over_budget"] == []
     # every user took part in both rounds: one ledger for all (entries identical across shards
@@ -256,9 +267,11 @@ def test_user_duplicated_across_shards(run: Path) -> None:
         mine = a.user_ledger(3)
     with ShardStore(run / "clients" / "shard-001.db", read_only=True) as b:
         copy = b.user_ledger(3)
-    assert per["user-00003"]["epsilon"] == epsilon_of_entries([*mine, *copy], delta=1e-5)
+    assert per["user-00003"]["epsilon_user"] == epsilon_of_entries(
+        [*mine, *copy], delta=1e-6, scope=Scope.USER
+    )
     assert report["event_level"]["over_budget"] == ["user-00003"]
-    assert per["user-00004"]["epsilon"] == pytest.approx(2.0, rel=0.01)
+    assert per["user-00004"]["epsilon_user"] == pytest.approx(2.0, rel=0.01)
     assert report["event_level"]["devices"] == USERS
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from Crypto.Protocol.SecretSharing import Shamir, _Element
 
+from client.policy import DevicePolicy
 from simulations.flower_speedups import (
     flower_speedups,
     gf_inverse,
@@ -110,7 +111,9 @@ def test_client_app_pickles_as_a_small_recipe(tmp_path: Path) -> None:
 
     from simulations.simulate import _CLIENT_APPS, _client_app, _DeviceRecipe, _store_path
 
-    recipe = _DeviceRecipe("t-1", str(tmp_path), 2.0, False, None, ((3, 1.0),), (), 1e-5)
+    recipe = _DeviceRecipe(
+        "t-1", str(tmp_path), 2.0, False, None, ((3, 1.0),), (), DevicePolicy(delta=1e-5)
+    )
     try:
         app = _client_app(recipe)
         blob = cloudpickle.dumps(lambda: app)
