@@ -69,8 +69,12 @@ class NodeSpec:
         private_key: the node's private key (its public key registered on the SuperLink).
         port: the SuperNode's local ClientApp I/O port (one per node on a machine).
         host: the address that port binds to (keep loopback).
-        budget_epsilon: the device's lifetime event-level budget (``None``: the SDK's default).
+        budget_epsilon: the device's lifetime budget at its unit (``None``: the SDK's default).
         model_dir: a local Hugging Face model directory instead of the bundled MiniLM.
+        min_cohort: the smallest secure-aggregation cohort the device adds a noise share to
+            (``None``: the SDK's default, :data:`client.policy.DEFAULT_MIN_COHORT`; a
+            deployment of fewer devices must lower it explicitly).
+        delta / unit: the device's own delta and privacy unit (``None``: the SDK's defaults).
     """
 
     superlink: str
@@ -81,6 +85,9 @@ class NodeSpec:
     host: str = "127.0.0.1"
     budget_epsilon: float | None = None
     model_dir: str | None = None
+    min_cohort: int | None = None
+    delta: float | None = None
+    unit: str | None = None
 
     def __post_init__(self) -> None:
         if ":" not in self.superlink:
@@ -93,11 +100,17 @@ class NodeSpec:
     def node_config(self) -> str:
         """The ``--node-config`` value: the store path (absolute) and the optional settings
         :func:`client.app.store_from_node_config` reads."""
-        values: dict[str, str | float] = {"store": str(self.store.resolve())}
+        values: dict[str, str | float | int] = {"store": str(self.store.resolve())}
         if self.budget_epsilon is not None:
             values["budget-epsilon"] = float(self.budget_epsilon)
         if self.model_dir is not None:
             values["model-dir"] = str(Path(self.model_dir).resolve())
+        if self.min_cohort is not None:
+            values["min-cohort"] = int(self.min_cohort)
+        if self.delta is not None:
+            values["delta"] = float(self.delta)
+        if self.unit is not None:
+            values["unit"] = str(self.unit)
         return node_config_string(values)
 
 

@@ -5,15 +5,23 @@ and the metrics."""
 from __future__ import annotations
 
 import enum
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from client.policy import DEFAULT_MIN_COHORT, DevicePolicy
 from common.config import RunConfig
 from common.events import Event
 
-__all__ = ["DEFAULT_EVAL_USERS", "Engine", "SimulateOptions", "default_cache_path"]
+__all__ = [
+    "DEFAULT_EVAL_USERS",
+    "Engine",
+    "SimulateOptions",
+    "default_cache_path",
+    "simulated_device_policy",
+]
 
 #: Users the metrics are computed on when the population is larger (a seeded sample).
 DEFAULT_EVAL_USERS = 2000
@@ -93,3 +101,17 @@ class SimulateOptions:
     engine: Engine = Engine.BATCHED
     workers: int | None = None
     eval_users: int = DEFAULT_EVAL_USERS
+
+
+def simulated_device_policy(run: RunConfig, population: int) -> DevicePolicy:
+    """The simulated devices' own policy: the run's delta and unit, and a minimum cohort of
+    the unit's default (:data:`client.policy.DEFAULT_MIN_COHORT`) or, for a population too
+    small to reach it, the smallest cohort the run's secure sum may have: a simulation is
+    configured by its operator, who owns both sides (deployed devices keep the default
+    unless their node config lowers it)."""
+    p = run.privacy
+    sampled = max(1, math.floor(run.fraction * population))
+    fewest = max(2, math.floor(p.min_cohort_fraction * sampled))
+    return DevicePolicy(
+        delta=p.delta, unit=p.unit, min_cohort=min(DEFAULT_MIN_COHORT[p.unit], fewest)
+    )

@@ -5,6 +5,7 @@ adapter and popularity releases it used (``metrics.json``)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,14 @@ from simulations.evaluation import (
 )
 from simulations.options import SimulateOptions
 
-__all__ = ["RunData", "dp_popularity", "final_adapter", "profile_metrics", "run_metrics"]
+__all__ = [
+    "RunData",
+    "dp_popularity",
+    "final_adapter",
+    "profile_metrics",
+    "round_printer",
+    "run_metrics",
+]
 
 
 def final_adapter(run_dir: Path) -> AdapterWeights | None:
@@ -247,3 +255,22 @@ def dp_popularity(run_dir: Path) -> tuple[dict[str, float] | None, float]:
     with np.load(path) as z:
         counts = {str(i): float(c) for i, c in zip(z["items"], z["counts"], strict=True)}
         return counts, float(z["noise_std"])
+
+
+def round_printer(
+    run: RunConfig, say: Callable[[str], None], summaries: list[RoundSummary]
+) -> Callable[[RoundSummary], None]:
+    """Collects each round's summary and prints its progress line."""
+
+    def on_round(s: RoundSummary) -> None:
+        summaries.append(s)
+        unit = run.privacy.unit
+        value = s.epsilon_user_level if unit.value == "user" else s.epsilon_event_level
+        eps = "inf" if not math.isfinite(value) else f"{value:.3f}"
+        say(
+            f"round {s.server_round}/{run.rounds}: {s.status}, {s.usable}/{s.sampled} releases, "
+            f"{s.live_leaves} fine / {s.level1_nodes} broad interests, {unit.value}-level "
+            f"epsilon {eps}, {s.seconds:.1f}s"
+        )
+
+    return on_round

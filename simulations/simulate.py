@@ -18,7 +18,6 @@ import contextlib
 import functools
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -32,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from client.encoder import EncoderConfig, MiniLMEncoder, TextEncoder, encode_cached
-from client.policy import DEFAULT_MIN_COHORT, DevicePolicy
+from client.policy import DevicePolicy
 from client.store import EmbeddingCache, EventStore
 from common.config import RunConfig
 from common.errors import ConfigError
@@ -45,7 +44,7 @@ from common.vocabulary import LabelSpace, Vocabulary, default_vocabulary, load_t
 from server.round import RoundSummary
 from simulations.datasets.bundle import DatasetBundle, load_bundle, load_population
 from simulations.datasets.loaders import partition_by_user
-from simulations.options import Engine, SimulateOptions, default_cache_path
+from simulations.options import Engine, SimulateOptions, default_cache_path, simulated_device_policy
 from simulations.profile_eval import temporal_split
 from simulations.run_dir import (
     RunStaging,
@@ -55,7 +54,7 @@ from simulations.run_dir import (
     rewrite_outputs_from_db,
     write_config,
 )
-from simulations.run_metrics import RunData, run_metrics
+from simulations.run_metrics import RunData, round_printer, run_metrics
 
 __all__ = [
     "DatasetBundle",
@@ -134,20 +133,6 @@ def _settings_resolver(
         )
 
     return settings_for
-
-
-def simulated_device_policy(run: RunConfig, population: int) -> DevicePolicy:
-    """The simulated devices' own policy: the run's delta and unit, and a minimum cohort of
-    the unit's default (:data:`client.policy.DEFAULT_MIN_COHORT`) or, for a population too
-    small to reach it, the smallest cohort the run's secure sum may have: a simulation is
-    configured by its operator, who owns both sides (deployed devices keep the default
-    unless their node config lowers it)."""
-    p = run.privacy
-    sampled = max(1, math.floor(run.fraction * population))
-    fewest = max(2, math.floor(p.min_cohort_fraction * sampled))
-    return DevicePolicy(
-        delta=p.delta, unit=p.unit, min_cohort=min(DEFAULT_MIN_COHORT[p.unit], fewest)
-    )
 
 
 @dataclass(frozen=True)
@@ -396,7 +381,7 @@ def _simulate_into(
         stores = _prepare_stores(out, train, encoder, cache)
 
     summaries: list[RoundSummary] = []
-    on_round = _round_printer(run, say, summaries)
+    on_round = round_printer(run, say, summaries)
 
     if not opts.resume:
         write_config(out, opts, run, len(parts), vocabulary)
@@ -409,25 +394,6 @@ def _simulate_into(
         len(parts), out,
     )  # fmt: skip
     return _finish(data, summaries, t0, encode_seconds, fl_seconds)
-
-
-def _round_printer(
-    run: RunConfig, say: Callable[[str], None], summaries: list[RoundSummary]
-) -> Callable[[RoundSummary], None]:
-    """Collects each round's summary and prints its progress line."""
-
-    def on_round(s: RoundSummary) -> None:
-        summaries.append(s)
-        unit = run.privacy.unit
-        value = s.epsilon_user_level if unit.value == "user" else s.epsilon_event_level
-        eps = "inf" if not math.isfinite(value) else f"{value:.3f}"
-        say(
-            f"round {s.server_round}/{run.rounds}: {s.status}, {s.usable}/{s.sampled} releases, "
-            f"{s.live_leaves} fine / {s.level1_nodes} broad interests, {unit.value}-level "
-            f"epsilon {eps}, {s.seconds:.1f}s"
-        )
-
-    return on_round
 
 
 def _check_batched(opts: SimulateOptions) -> None:
@@ -544,7 +510,7 @@ def _simulate_batched_into(
         out,
         shards,
         opts,
-        _round_printer(run, say, summaries),
+        round_printer(run, say, summaries),
         on_reply,
         bundle.items,
         shards=True,

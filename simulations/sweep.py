@@ -70,8 +70,8 @@ def parse_epsilons(text: str) -> tuple[float, ...]:
     return tuple(sorted(out))
 
 
-def _run_name(epsilon: float) -> str:
-    return f"eps-{epsilon:g}"
+def _run_name(epsilon: float, clients: int | None = None) -> str:
+    return f"eps-{epsilon:g}" if clients is None else f"n-{clients}-eps-{epsilon:g}"
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,9 @@ class SweepOptions:
     """A sweep: ``base`` (a :class:`simulations.simulate.SimulateOptions`) run once per epsilon.
 
     Attributes:
-        epsilons: the total event-level epsilons to run, ascending.
+        epsilons: the total epsilons to run (at the run's privacy unit), ascending.
+        clients: populations to run each epsilon at (``--clients 1000,10000,100000``): how
+            many devices a given epsilon needs; empty: the base's one population.
         out: the sweep directory.
         base: the simulation settings; ``out``, ``overwrite`` and the privacy ``epsilon`` are
             set per run.
@@ -91,6 +93,7 @@ class SweepOptions:
     epsilons: tuple[float, ...]
     out: Path
     base: Any
+    clients: tuple[int, ...] = ()
     overwrite: bool = False
     run_reports: bool = False
     compress: bool = True
@@ -100,6 +103,15 @@ class SweepOptions:
             raise ConfigError("a sweep needs at least one epsilon.")
         if any(not (e > 0 and math.isfinite(e)) for e in self.epsilons):
             raise ConfigError(f"every epsilon must be a finite number > 0. Found {self.epsilons}.")
+        if any(isinstance(c, bool) or not isinstance(c, int) or c < 2 for c in self.clients):
+            raise ConfigError(f"every population must be an int >= 2. Found {self.clients}.")
+        if len(set(self.clients)) != len(self.clients):
+            raise ConfigError(f"`--clients` lists a population twice: {self.clients}.")
+
+    @property
+    def populations(self) -> tuple[int | None, ...]:
+        """The populations to run (``None``: the base's, the runs named ``eps-E``)."""
+        return tuple(sorted(self.clients)) if len(self.clients) > 1 else (None,)
 
 
 def _settings(base: Any) -> dict[str, Any]:
@@ -136,7 +148,10 @@ def _run_settings(run_dir: Path) -> dict[str, Any] | None:
 def _summary(metrics: Mapping[str, Any]) -> dict[str, Any]:
     keep = ("federated", "centralized", "catalogue", "ratio", "ranking")
     out = {k: metrics[k] for k in keep if isinstance(metrics.get(k), dict)}
-    out["epsilon_spent"] = metrics.get("epsilon_event_level_total")
+    unit = metrics.get("unit", "event")
+    out["unit"] = unit
+    out["epsilon_spent"] = metrics.get(f"epsilon_{unit}_level_total")
+    out["epsilon_event_level"] = metrics.get("epsilon_event_level_total")
     out["rounds_completed"] = metrics.get("rounds_completed")
     out["noise_multiplier"] = metrics.get("noise_multiplier")
     out["wall_seconds"] = metrics.get("wall_seconds")
@@ -284,6 +299,8 @@ def run_sweep(
     # every input is checked before anything is written
     _check_inputs(opts)
     settings = _settings(opts.base)
+    if opts.populations != (None,):
+        settings["clients"] = list(opts.populations)
     sweep_json = out / "sweep.json"
     if out.exists() and any(out.iterdir()) and not opts.overwrite:
         if not sweep_json.is_file():
@@ -305,31 +322,39 @@ def run_sweep(
     doc: dict[str, Any] = {
         "format": SWEEP_FORMAT,
         "epsilons": list(opts.epsilons),
+        "clients": [c for c in opts.populations if c is not None] or [opts.base.clients],
         "settings": settings,
         "runs": [],
         "reference": {},
         "complete": False,
     }
     t_all = time.perf_counter()
-    n = len(opts.epsilons)
-    for i, eps in enumerate(opts.epsilons, 1):
-        name = _run_name(eps)
+    grid = [(c, eps) for c in opts.populations for eps in opts.epsilons]
+    n = len(grid)
+    for i, (population, eps) in enumerate(grid, 1):
+        base = opts.base if population is None else replace(opts.base, clients=population)
+        name = _run_name(eps, population)
         run_dir = out / name
-        record: dict[str, Any] = {"epsilon": eps, "run_dir": name, "error": None}
+        record: dict[str, Any] = {
+            "epsilon": eps,
+            "clients": base.clients,
+            "run_dir": name,
+            "error": None,
+        }
         t0 = time.perf_counter()
-        reusable = not opts.overwrite and _run_settings(run_dir) == settings
+        reusable = not opts.overwrite and _run_settings(run_dir) == _settings(base)
         finished = _read_doc(run_dir / "metrics.json") if reusable else None
         if finished is not None and _same_epsilon(run_dir, eps):
             record.update(status="reused", **_summary(finished))
             say(f"[{i}/{n}] epsilon {eps:g}: reusing the finished run in {run_dir}")
         else:
             say(
-                f"[{i}/{n}] epsilon {eps:g}: simulating {opts.base.clients} devices x {opts.base.run.rounds} rounds -> {run_dir}"
+                f"[{i}/{n}] epsilon {eps:g}: simulating {base.clients} devices x {base.run.rounds} rounds -> {run_dir}"
             )
-            run = replace(opts.base.run, privacy=replace(opts.base.run.privacy, epsilon=eps))
+            run = replace(base.run, privacy=replace(base.run.privacy, epsilon=eps))
             try:
                 metrics = simulate(
-                    replace(opts.base, out=run_dir, run=run, overwrite=True, resume=False),
+                    replace(base, out=run_dir, run=run, overwrite=True, resume=False),
                     progress=simulate_progress,
                 )
             except (FedInterestError, OSError, RuntimeError, ValueError) as err:
@@ -386,6 +411,7 @@ def _one_line(record: Mapping[str, Any]) -> str:
 def format_table(doc: Mapping[str, Any]) -> str:
     """The sweep as a plain-text table (one row per epsilon plus the baselines)."""
     head = [
+        "clients",
         "epsilon",
         "spent",
         *TABLE_METRICS,
@@ -401,6 +427,7 @@ def format_table(doc: Mapping[str, Any]) -> str:
         rk = (r.get("ranking") or {}).get("federated") or {}
         rows.append(
             [
+                str(r.get("clients", "")),
                 f"{r['epsilon']:g}",
                 fixed(r.get("epsilon_spent")),
                 *(fixed(fed.get(k)) for k in TABLE_METRICS),
@@ -417,6 +444,7 @@ def format_table(doc: Mapping[str, Any]) -> str:
             rk = (ref.get("ranking") or {}).get(side) or {}
             rows.append(
                 [
+                    "",
                     side,
                     "no DP",
                     *(fixed(ref[side].get(k)) for k in TABLE_METRICS),

@@ -221,6 +221,7 @@ def _node_start(args: argparse.Namespace) -> int:
         private_key=Path(args.key),
         budget_epsilon=args.budget,
         model_dir=args.model_dir,
+        min_cohort=args.min_cohort,
         **({} if args.port is None else {"port": args.port}),
     )
     env = flower_env(_own_home(args, store.resolve().parent / "flwr-home"))
@@ -388,7 +389,14 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         "--budget",
         type=float,
         default=None,
-        help="the device's lifetime event-level epsilon (default 4)",
+        help="the device's lifetime user-level epsilon (default 4)",
+    )
+    st.add_argument(
+        "--min-cohort",
+        type=int,
+        default=None,
+        help="the smallest secure-aggregation cohort this device adds a noise share to "
+        "(default 50 at user level; lower it only for a deployment of fewer devices)",
     )
     st.add_argument(
         "--model-dir",

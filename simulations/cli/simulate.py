@@ -133,10 +133,13 @@ def sweep_options_from_args(args: argparse.Namespace) -> SweepOptions:
     from simulations.sweep import SweepOptions
 
     run = run_config_from_args(args, epsilon=max(args.epsilons))
+    populations: tuple[int, ...] = args.clients or ()
+    args.clients = min(populations) if populations else None
     return SweepOptions(
         epsilons=tuple(args.epsilons),
         out=Path(args.out),
         base=simulate_options_from_args(args, run),
+        clients=populations if len(populations) > 1 else (),
         overwrite=args.overwrite,
         run_reports=args.run_reports,
         compress=not args.no_compress,
@@ -254,6 +257,7 @@ def _print_run_summary(run_dir: Path, metrics: dict[str, Any]) -> None:
         print(f"{'ranking':<20}" + "".join(f"{c:>13}" for c in sides))
         for key, name in (("auc", "AUC"), ("ndcg10", "nDCG@10"), ("recall10", "recall@10")):
             print(f"{name:<20}" + "".join(f"{ranking[c][key]:>13.3f}" for c in sides))
+
     def fmt(eps: Any) -> str:
         return eps if isinstance(eps, str) else f"{eps:.3f}"
 
@@ -332,9 +336,28 @@ def _short(v: float) -> str:
     return f"{v:g}".replace("e-0", "e-").replace("e+0", "e+")
 
 
-def add_run_settings(p: argparse.ArgumentParser) -> None:
+def _populations(text: str) -> tuple[int, ...]:
+    """``--clients`` of a sweep: one population or several, comma-separated."""
+    out = []
+    for part in text.split(","):
+        try:
+            n = int(part.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"must be integers >= 2 separated by commas. Found {part!r}."
+            ) from None
+        if n < 2:
+            raise argparse.ArgumentTypeError(f"must be integers >= 2. Found {n}.")
+        out.append(n)
+    if len(set(out)) != len(out):
+        raise argparse.ArgumentTypeError(f"lists a population twice: {text!r}.")
+    return tuple(out)
+
+
+def add_run_settings(p: argparse.ArgumentParser, *, populations: bool = False) -> None:
     """The run settings ``simulate`` and ``sweep`` share (dataset, population, privacy mode,
-    tree and analytics settings); defaults from :class:`RunConfig`."""
+    tree and analytics settings); defaults from :class:`RunConfig`. With ``populations``
+    (``sweep``), ``--clients`` takes a comma-separated list."""
     d = RunConfig()
     o = _options.SimulateOptions()
     p.add_argument(
@@ -344,9 +367,14 @@ def add_run_settings(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--clients",
-        type=positive_int,
+        type=_populations if populations else positive_int,
         default=None,
-        help=f"virtual clients, one per user (default {o.clients})",
+        help=(
+            "populations, comma-separated (e.g. 1000,10000,100000 with --engine batched): "
+            f"each epsilon runs at each (default {o.clients})"
+            if populations
+            else f"virtual clients, one per user (default {o.clients})"
+        ),
     )
     p.add_argument(
         "--engine",
@@ -545,5 +573,5 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     swp.add_argument(
         "--no-compress", action="store_true", help="inline plotly.js uncompressed (bigger file)"
     )
-    add_run_settings(swp)
+    add_run_settings(swp, populations=True)
     swp.set_defaults(handler=run)

@@ -28,17 +28,31 @@ def _series(
     ]
 
 
-def _federated_trace(x: Any, y: Any, *, first: bool) -> Any:
-    """The federated run's line in a panel of the sweep (its legend entry shown once)."""
+def _populations(runs: Sequence[Mapping[str, Any]]) -> dict[int | None, list[Mapping[str, Any]]]:
+    """The runs by population (``clients``); one group ``None`` when the sweep has one."""
+    sizes = sorted({int(r["clients"]) for r in runs if isinstance(r.get("clients"), int)})
+    if len(sizes) <= 1:
+        return {None: list(runs)}
+    return {n: [r for r in runs if r.get("clients") == n] for n in sizes}
+
+
+_POPULATION_COLORS = ("#1f77b4", "#d62728", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
+
+
+def _federated_trace(
+    x: Any, y: Any, *, first: bool, population: int | None = None, i: int = 0
+) -> Any:
+    """The federated run's line in a panel of the sweep (its legend entry shown once; one line
+    per population when the sweep varies it)."""
     import plotly.graph_objects as go
 
     return go.Scatter(
         x=x,
         y=y,
         mode="lines+markers",
-        name="federated",
-        line={"color": "#1f77b4", "width": 3},
-        legendgroup="fed",
+        name="federated" if population is None else f"federated, {population:,} devices",
+        line={"color": _POPULATION_COLORS[i % len(_POPULATION_COLORS)], "width": 3},
+        legendgroup=f"fed-{population}",
         showlegend=first,
     )
 
@@ -112,7 +126,7 @@ def sweep_page(doc: Mapping[str, Any]) -> Any:
 
     s = page.section("tradeoff", "Utility against epsilon")
     s.para(
-        "Each point is one full federated run at that total event-level epsilon (same data, seed "
+        "Each point is one full federated run at that total epsilon, at the run's privacy unit (same data, seed "
         "and settings). Dashed lines: the centralized baseline (all events pooled, no noise); "
         "dotted: the catalogue baseline (public item texts only, no behaviour data)."
     )
@@ -121,8 +135,9 @@ def sweep_page(doc: Mapping[str, Any]) -> Any:
         keys = [k for k in _PLOT_METRICS if any(k in (r.get("federated") or {}) for r in ok)]
         fig = make_subplots(rows=1, cols=len(keys), subplot_titles=keys, shared_yaxes=True)
         for j, key in enumerate(keys, 1):
-            x, y = _series(runs, "federated", key)
-            fig.add_trace(_federated_trace(x, y, first=j == 1), row=1, col=j)
+            for i, (n, group) in enumerate(_populations(runs).items()):
+                x, y = _series(group, "federated", key)
+                fig.add_trace(_federated_trace(x, y, first=j == 1, population=n, i=i), row=1, col=j)
             for side, dash, color in (
                 ("centralized", "dash", "#2ca02c"),
                 ("catalogue", "dot", "#9467bd"),
@@ -130,7 +145,7 @@ def sweep_page(doc: Mapping[str, Any]) -> Any:
                 _reference_line(
                     fig, eps, finite_number((ref.get(side) or {}).get(key)), side, color, dash, j
                 )
-        fig.update_xaxes(type="log", title_text="total event-level epsilon", **_ticks(eps))
+        fig.update_xaxes(type="log", title_text="total epsilon (the run's unit)", **_ticks(eps))
         fig.update_yaxes(range=[0, 1.05])
         fig.update_layout(
             height=440,
@@ -140,10 +155,12 @@ def sweep_page(doc: Mapping[str, Any]) -> Any:
         )
         s.figure("fig-sweep-clustering", fig)
         fig = go.Figure()
-        for key in METRIC_KEYS:
-            x, y = _series(runs, "ratio", key)
-            if any(v is not None for v in y):
-                fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=key))
+        for n, group in _populations(runs).items():
+            for key in METRIC_KEYS:
+                x, y = _series(group, "ratio", key)
+                if any(v is not None for v in y):
+                    name = key if n is None else f"{key}, {n:,} devices"
+                    fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=name))
         if eps:
             fig.add_trace(
                 go.Scatter(
@@ -158,7 +175,11 @@ def sweep_page(doc: Mapping[str, Any]) -> Any:
             height=400,
             margin={"l": 50, "r": 20, "t": 50, "b": 60},
             title={"text": "Federated / centralized, per metric"},
-            xaxis={"type": "log", "title": {"text": "total event-level epsilon"}, **_ticks(eps)},
+            xaxis={
+                "type": "log",
+                "title": {"text": "total epsilon (the run's unit)"},
+                **_ticks(eps),
+            },
             yaxis={"title": {"text": "ratio"}},
             legend={"orientation": "h", "y": -0.25},
         )
@@ -170,12 +191,13 @@ def sweep_page(doc: Mapping[str, Any]) -> Any:
             rows=1, cols=2, subplot_titles=("recall@10", "nDCG@10"), shared_yaxes=True
         )
         for j, key in enumerate(("recall10", "ndcg10"), 1):
-            x = [float(r["epsilon"]) for r in ok]
-            y = [
-                finite_number(((r.get("ranking") or {}).get("federated") or {}).get(key))
-                for r in ok
-            ]
-            fig.add_trace(_federated_trace(x, y, first=j == 1), row=1, col=j)
+            for i, (n, group) in enumerate(_populations(ok).items()):
+                x = [float(r["epsilon"]) for r in group]
+                y = [
+                    finite_number(((r.get("ranking") or {}).get("federated") or {}).get(key))
+                    for r in group
+                ]
+                fig.add_trace(_federated_trace(x, y, first=j == 1, population=n, i=i), row=1, col=j)
             for side, dash, color in (
                 ("centralized", "dash", "#2ca02c"),
                 ("popularity", "dot", "#ff7f0e"),
@@ -183,7 +205,7 @@ def sweep_page(doc: Mapping[str, Any]) -> Any:
             ):
                 v = finite_number(((ref.get("ranking") or {}).get(side) or {}).get(key))
                 _reference_line(fig, eps, v, side, color, dash, j)
-        fig.update_xaxes(type="log", title_text="total event-level epsilon", **_ticks(eps))
+        fig.update_xaxes(type="log", title_text="total epsilon (the run's unit)", **_ticks(eps))
         fig.update_yaxes(range=[0, 1.05])
         fig.update_layout(
             height=420,

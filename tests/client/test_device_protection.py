@@ -16,8 +16,8 @@ from client.release import release_round
 from client.shard import ShardDevices
 from client.shard_store import ShardStore
 from client.store import EventStore
-from common.errors import ReleaseRefusedError
-from common.privacy import PrivacyBudget
+from common.errors import BudgetExceededError, ReleaseRefusedError
+from common.privacy import PrivacyBudget, Scope
 from common.records import RoundKeys
 from common.round_config import RoundConfig
 from tests.client.test_release import EVENT_POLICY, HashEncoder, centroids, config
@@ -141,3 +141,85 @@ def test_refusals_leave_the_device_as_codes_only(
     with pytest.raises(DeviceRefusalError) as caught, _codes_only("d"):
         raise OSError(secret)
     assert str(caught.value) == "internal"
+
+
+def _release(settings: DeviceSettings, record: dict[str, object]) -> object:
+    """What the device's handler does for a leaf-sum round (:func:`client.app._dispatch`:
+    parse, the device's policy, its budget at its own delta and unit), with these tests'
+    32-dimensional encoder instead of the bundled model."""
+    params = RoundConfig.from_record(record)
+    settings.policy.admit(params)
+    with EventStore(settings.store, create=False) as s:
+        return release_round(
+            s,
+            params,
+            centroids(),
+            encoder=HashEncoder(),
+            budget=settings.policy.budget(settings.budget_epsilon),
+            rng=np.random.default_rng(0),
+        )
+
+
+def test_a_device_refuses_a_cohort_below_its_floor(tmp_path: Path) -> None:
+    """Secure-aggregation shares for a cohort below the device's own minimum are refused with
+    code min_cohort and nothing written; at the floor the device releases; local mode (the
+    device adds the whole noise) is not bound by it."""
+    from client.policy import DevicePolicy
+    from common.errors import RefusalCode
+
+    pop = Population(tmp_path, 1)
+    policy = DevicePolicy(delta=1e-5, unit=Scope.EVENT, min_cohort=20)
+    settings = DeviceSettings(pop.devices[0], budget_epsilon=100.0, policy=policy)
+    z = float(config()[RoundKeys.NOISE_MULTIPLIER])  # type: ignore[arg-type]
+
+    def secagg(m: int) -> dict[str, object]:
+        return {
+            **config(),
+            RoundKeys.MODE: "secagg",
+            RoundKeys.MIN_COHORT: m,
+            RoundKeys.NOISE_STD: z / math.sqrt(m),
+        }
+
+    with EventStore(pop.devices[0], create=False) as s:
+        before = _state(s)
+    with pytest.raises(ReleaseRefusedError, match="minimum of 20") as caught:
+        _dispatch(settings, secagg(2), centroids(), None)
+    assert caught.value.code is RefusalCode.MIN_COHORT
+    with EventStore(pop.devices[0], create=False) as s:
+        assert _state(s) == before
+    _release(settings, secagg(20))
+    _release(settings, {**config(), RoundKeys.SERVER_ROUND: 2})
+
+
+def test_a_user_level_device_accounts_every_round_at_user_level(tmp_path: Path) -> None:
+    """A device keeping a user-level budget records its releases at user level whatever the
+    round's unit: a round calibrated for events with a loose user bound (100) costs it
+    z / 100 as a user, its budget refuses it with nothing written; a user-level round at the
+    same z is recorded at user level with multiplier z. The device refuses the adapter."""
+    from client.app import _run_adapter
+    from client.policy import DevicePolicy
+    from common.errors import RefusalCode
+    from common.privacy import epsilon_of_entries, gaussian_epsilon
+
+    pop = Population(tmp_path, 1)
+    policy = DevicePolicy(delta=1e-5, unit=Scope.USER)
+    settings = DeviceSettings(pop.devices[0], budget_epsilon=4.0, policy=policy)
+    event_round = {**config(), RoundKeys.USER_CLIPPING_NORM: 100.0}
+    with EventStore(pop.devices[0], create=False) as s:
+        before = _state(s)
+    with pytest.raises(BudgetExceededError, match="user level"):
+        _release(settings, event_round)
+    with EventStore(pop.devices[0], create=False) as s:
+        assert _state(s) == before
+    z = float(config()[RoundKeys.NOISE_MULTIPLIER])  # type: ignore[arg-type]
+    user_round = {**config(), RoundKeys.USER_CLIPPING_NORM: 1.0, RoundKeys.UNIT: "user"}
+    out = _release(settings, user_round)
+    with EventStore(pop.devices[0], create=False) as s:
+        (entry,) = s.ledger()
+    assert entry.scope is Scope.USER and entry.noise_multiplier == pytest.approx(z)
+    spent = out.epsilon_spent  # type: ignore[attr-defined]
+    assert spent == pytest.approx(gaussian_epsilon(z, 1e-5))
+    assert epsilon_of_entries([entry], delta=1e-5, scope=Scope.USER) == spent
+    with pytest.raises(ReleaseRefusedError) as caught:
+        _run_adapter(settings, {}, None, np.zeros(1))  # type: ignore[arg-type]
+    assert caught.value.code is RefusalCode.UNIT

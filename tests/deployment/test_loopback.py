@@ -193,6 +193,8 @@ def _scenario(tmp: Path, book: ProcessBook, rec: dict[str, Any], encoder: Any) -
             root_certificates=certs.ca_cert,
             private_key=keys[i - 1].private,
             port=node_ports[i - 1],
+            # three devices: each accepts a secure sum of 2 (the default floor is 50)
+            min_cohort=2,
         )
         name = f"sn{i}" if i <= NODES else "unregistered"
         nodes.append(

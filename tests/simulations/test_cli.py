@@ -183,7 +183,8 @@ def test_run_flags_reach_the_run_config() -> None:
     shared = [
         "--rounds", "3", "--fraction", "0.5", "--seed", "4", "--delta", "1e-6", "--mode", "local",
         "--min-cohort-fraction", "0.5", "--tree-z", "1.5", "--adapter", "--no-popularity",
-        "--popularity-noise-factor", "2",
+        "--popularity-noise-factor", "2", "--unit", "event", "--noise", "discrete-gaussian",
+        "--user-clipping-norm", "7",
     ]  # fmt: skip
     own = ["--epsilon", "3", "--no-dp", "--robust", "median", "--round-attempts", "3",
            "--histogram", "--top-k", "2"]  # fmt: skip
@@ -196,6 +197,7 @@ def test_run_flags_reach_the_run_config() -> None:
         3.0, 1e-6, ReleaseMode.LOCAL, True, 0.5,
     )  # fmt: skip
     assert run.clustering.tree_z == 1.5 and run.adapter.enabled
+    assert (p.unit.value, p.noise.value, p.user_bound) == ("event", "discrete-gaussian", 7.0)
     assert (a.popularity, a.histogram, a.top_k, a.popularity_noise_factor) == (False, True, 2, 2.0)
     sweep = build_parser().parse_args(["sweep", "--epsilons", "1,4", "--out", "s", *shared])
     swept = run_config_from_args(sweep, epsilon=4.0)

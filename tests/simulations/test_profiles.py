@@ -67,7 +67,8 @@ def test_metrics_have_ranking_classification_and_drift(run_dir: Path) -> None:
             "macro_recall",
             "macro_f1",
         }
-    assert m["epsilon_event_level_total"] == pytest.approx(3.0, rel=0.01)
+    assert m["unit"] == "user"
+    assert m["epsilon_user_level_total"] == pytest.approx(3.0, rel=0.01)
 
 
 @pytest.mark.slow

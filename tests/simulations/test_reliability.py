@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from common.config import PrivacyConfig, RunConfig
+from common.privacy.ledger import Scope
 from common.records import ReleaseMode
 from server.aggregation import LeafState
 from server.storage import ServerStorage
@@ -59,10 +60,13 @@ def test_ten_percent_poisoners_move_the_tree_little_with_trimmed_mean(
     values are cut, and the most extreme honest value on its side is kept instead."""
     rng = np.random.default_rng(11)
     direction = rng.standard_normal(128)
+    # event level: the user bound (100) lets one device push hard, which is what is tested
     run_cfg = RunConfig(
-        rounds=1, seed=5, privacy=PrivacyConfig(epsilon=2.0, mode=ReleaseMode.LOCAL)
+        rounds=1,
+        seed=5,
+        privacy=PrivacyConfig(epsilon=2.0, mode=ReleaseMode.LOCAL, unit=Scope.EVENT, delta=1e-5),
     )
-    bad = poison_mod([0], row=0, direction=direction, norm=run_cfg.privacy.user_clipping_norm)
+    bad = poison_mod([0], row=0, direction=direction, norm=run_cfg.privacy.user_bound)
 
     def go(name: str, robust: str, poisoned: bool) -> dict[str, np.ndarray]:
         from dataclasses import replace

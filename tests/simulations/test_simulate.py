@@ -251,7 +251,9 @@ def test_adapter_round_trip_in_simulation(tmp_path: Path, cache: Path) -> None:
             "run": RunConfig(
                 rounds=2,
                 seed=3,
-                privacy=PrivacyConfig(epsilon=3.0, mode=ReleaseMode.LOCAL),
+                privacy=PrivacyConfig(
+                    epsilon=3.0, mode=ReleaseMode.LOCAL, unit=Scope.EVENT, delta=1e-5
+                ),
                 adapter=AdapterConfig(enabled=True, steps=3),
             ),
         },
