@@ -13,7 +13,7 @@ without loss of any field a release or a metric reads.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -178,7 +178,8 @@ class EventTable:
         )
 
     def take_users(self, users: npt.NDArray[np.int64]) -> EventTable:
-        """The table of the given users (indices, kept in increasing order)."""
+        """The table of the given users (indices, kept in increasing order), users without
+        events included (a shard's users are its users, whatever their events)."""
         off = self.offsets
         u = np.unique(np.asarray(users, dtype=np.int64))
         if u.size == 0:
@@ -186,7 +187,12 @@ class EventTable:
         lengths = off[u + 1] - off[u]
         starts = np.repeat(off[u] - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
         rows = starts + np.arange(int(lengths.sum()))
-        return self.take_rows(rows)
+        sub = self.take_rows(rows)
+        return replace(
+            sub,
+            users=[self.users[int(i)] for i in u],
+            user=np.repeat(np.arange(len(u), dtype=np.int32), lengths),
+        )
 
     def latest(self, cap: int | None) -> EventTable:
         """Each user's latest ``cap`` events (``None``: all)."""
@@ -215,10 +221,11 @@ class EventTable:
         test_t = self.take_rows(np.flatnonzero(test)) if test.any() else None
         return train_t, test_t
 
-    def with_events(self, extra: dict[int, list[Event]]) -> EventTable:
+    def with_events(self, extra: dict[int, list[Event]], *, replace: bool = False) -> EventTable:
         """This table with ``extra`` events added to users (by index), each user's events
         re-sorted by ``(timestamp, event_id)`` as :func:`simulations.profile_eval.temporal_split`
-        orders them (the empirical audit's canaries)."""
+        orders them (the empirical audit's canaries); with ``replace`` the users' own events are
+        dropped (a user given an empty list keeps no event)."""
         if not extra:
             return self
         bad = [u for u in extra if not 0 <= u < self.num_users]
@@ -227,9 +234,16 @@ class EventTable:
         touched = sorted(extra)
         parts = self.user_events(touched)
         merged = {
-            uid: sorted([*parts[uid], *extra[u]], key=lambda e: (e.timestamp, e.event_id))
+            uid: sorted(
+                [*([] if replace else parts[uid]), *extra[u]],
+                key=lambda e: (e.timestamp, e.event_id),
+            )
             for u, uid in zip(touched, parts, strict=True)
         }
+        # a user left without events (replace with an empty list) has no rows in ``new``
+        filled = np.asarray(
+            [u for u, uid in zip(touched, parts, strict=True) if merged[uid]], dtype=np.int32
+        )
         new = EventTable.from_events(merged)
         texts, items, cats = list(self.texts), list(self.items), list(self.categories)
 
@@ -249,7 +263,7 @@ class EventTable:
             remap(new.categories, cats),
         )
         keep = ~np.isin(self.user, touched)
-        rows_user = np.concatenate([self.user[keep], np.asarray(touched, dtype=np.int32)[new.user]])
+        rows_user = np.concatenate([self.user[keep], filled[new.user]])
         order = np.argsort(rows_user, kind="stable")
 
         def col(name: str, mapped: npt.NDArray[np.int32] | None = None) -> npt.NDArray[Any]:

@@ -2,6 +2,17 @@
 one-run lower bound on epsilon (Steinke, Nasr and Jagielski 2023, "Privacy auditing with one
 (1) training run").
 
+**At user level** (the run's ``unit`` is ``user``, the default) the canaries are **canary
+devices**: each chosen device's whole data is replaced by its canary (one event on a canary
+text and a canary item added to the public catalogue) when present, and by nothing when
+absent: the add/remove-one-device relation the guarantee is about. The attacker also reads the
+released item popularity: a present canary device adds its whole clipped count vector to its
+canary item's count (1 without noise), an absent one 0; the score is that count, which needs
+no regression, so a run of 1,000 devices can hold 500 canaries (the leaf-sum regression below
+cannot separate more canaries in a row than the row has coordinates). Without popularity the
+leaf-sum score is used. At event level the canaries are events added to their devices, as
+before.
+
 1. ``m`` canary devices each get a unique canary text (gibberish no user writes, chosen among
    public candidates so that it lands in the unassigned row, where no real interest is);
    each canary is inserted with probability 1/2, independently (the auditor's secret).
@@ -129,7 +140,14 @@ def canary_texts(
 
 @dataclass(frozen=True)
 class EmpiricalResult:
-    """The outcome of one empirical audit."""
+    """The outcome of one empirical audit.
+
+    Attributes:
+        epsilon_max_attainable: the bound this many guesses give when every one is right:
+            no run can be shown to violate more than this.
+        unit: ``user`` (canary devices) or ``event`` (canary events).
+        attack: ``popularity`` or ``leaf sums``: the output the scores came from.
+    """
 
     canaries: int
     guesses: int
@@ -138,6 +156,9 @@ class EmpiricalResult:
     epsilon_accounted: float
     no_dp: bool
     run_dir: str
+    epsilon_max_attainable: float = math.nan
+    unit: str = "event"
+    attack: str = "leaf sums"
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -210,9 +231,11 @@ def run_empirical_audit(
     run = base.run
     if no_dp:
         run = replace(run, privacy=replace(run.privacy, no_dp=True))
-    cfg = {"clients": base.clients}
-    clients = int(cfg["clients"])
-    m = min(canaries or clients, clients)
+    clients = int(base.clients)
+    user_level = run.privacy.unit.value == "user"
+    # canary devices replace devices' data: keep half the population real
+    default = min(2000, max(2, clients // 2)) if user_level else clients
+    m = min(canaries or default, clients)
     encoder = MiniLMEncoder()
     emb = EmbeddingCache.open(cache or default_cache_path())
     projection = PublicProjection(
@@ -229,6 +252,7 @@ def run_empirical_audit(
         projection=projection,
         seeds=seeds,
         threshold=run.clustering.residual_threshold,
+        pool=max(1500, 3 * m),
     )
     rng = np.random.default_rng(seed + 1)
     present = rng.random(m) < 0.5
@@ -255,10 +279,27 @@ def run_empirical_audit(
     fixed = {
         dev: [replace(e, user_id=bundle_users[dev]) for e in evs] for dev, evs in inserted.items()
     }
-    simulate(replace(opts, canaries=fixed), progress=progress)
-    raw = encode_cached(encoder, emb, texts)
-    with ServerStorage(out / "server.db") as st:
-        scores = _attack(st, raw, projection, run.rounds, run.clustering.residual_threshold)
+    if user_level:
+        # canary devices: an absent canary's device holds nothing
+        fixed = {dev: fixed.get(dev, []) for dev in devices}
+    canary_items = tuple(f"canary-item-{j}" for j in range(m))
+    simulate(
+        replace(
+            opts,
+            canaries=fixed,
+            canary_devices=user_level,
+            canary_items=canary_items if user_level else (),
+        ),
+        progress=progress,
+    )
+    popularity = _popularity_scores(out, canary_items) if user_level else None
+    attack = "popularity" if popularity is not None else "leaf sums"
+    if popularity is not None:
+        scores = popularity
+    else:
+        raw = encode_cached(encoder, emb, texts)
+        with ServerStorage(out / "server.db") as st:
+            scores = _attack(st, raw, projection, run.rounds, run.clustering.residual_threshold)
     emb.close()
     order = np.argsort(-scores)
     k = max(1, m // 4)  # fixed in advance: guess the top and bottom quarters, abstain on the rest
@@ -266,8 +307,39 @@ def run_empirical_audit(
     correct = int(present[guess_present].sum() + (~present[guess_absent]).sum())
     guesses = len(guess_present) + len(guess_absent)
     bound = one_run_lower_bound(correct, guesses, m, run.privacy.delta)
-    accounted = audit_run(out)["event_level"]["epsilon_max"]
-    return EmpiricalResult(m, guesses, correct, bound, float(accounted), no_dp, str(out))
+    ceiling = one_run_lower_bound(guesses, guesses, m, run.privacy.delta)
+    report = audit_run(out)
+    accounted = (
+        report["headline"]["epsilon_user_level"]
+        if user_level
+        else report["event_level"]["epsilon_max"]
+    )
+    return EmpiricalResult(
+        m,
+        guesses,
+        correct,
+        bound,
+        float(accounted),
+        no_dp,
+        str(out),
+        ceiling,
+        "user" if user_level else "event",
+        attack,
+    )
+
+
+def _popularity_scores(
+    run_dir: Path, canary_items: tuple[str, ...]
+) -> npt.NDArray[np.float64] | None:
+    """Each canary item's released count (``None`` when the run released no popularity)."""
+    path = run_dir / "popularity.npz"
+    if not path.is_file():
+        return None
+    with np.load(path) as z:
+        counts = {str(i): float(c) for i, c in zip(z["items"], z["counts"], strict=True)}
+    if not all(item in counts for item in canary_items):
+        return None
+    return np.array([counts[item] for item in canary_items], dtype=np.float64)
 
 
 def _users_of(opts: Any) -> list[str]:

@@ -68,6 +68,9 @@ class SimulateOptions:
         overwrite: replace an existing run directory.
         noise_seed: seed the devices' DP noise (tests only: predictable noise is not private).
         canaries: extra events per client index (the empirical audit's canaries).
+        canary_devices: the canaries **replace** their devices' data (user-level canaries: a
+            device whose whole data is its canary, or nothing when the canary is absent).
+        canary_items: item ids added to the public catalogue (the canaries' items).
         device_budgets: per-client-index lifetime epsilon overriding the default budget.
         evaluate: compute the metrics against the baselines (off for audit runs).
         resume: continue the run in ``out`` from its last completed round (after a crash).
@@ -94,6 +97,8 @@ class SimulateOptions:
     verbose: bool = False
     holdout: float = 0.2
     canaries: dict[int, list[Event]] = field(default_factory=dict)
+    canary_devices: bool = False
+    canary_items: tuple[str, ...] = ()
     resume: bool = False
     client_mods: tuple[Any, ...] = ()
     device_budgets: dict[int, float] = field(default_factory=dict)

@@ -106,6 +106,15 @@ def _prepare_stores(
     return stores
 
 
+def _with_canary_items(
+    items: dict[str, str] | None, opts: SimulateOptions
+) -> dict[str, str] | None:
+    """The public catalogue, with the empirical audit's canary items (ids only)."""
+    if not opts.canary_items:
+        return items
+    return {**(items or {}), **dict.fromkeys(opts.canary_items, "")}
+
+
 def _store_path(root: Path, partition_id: int) -> Path:
     return root / f"client-{partition_id:05d}.db"
 
@@ -344,7 +353,8 @@ def _simulate_into(
     train, test = temporal_split(parts, opts.holdout)
     for idx, extra in opts.canaries.items():
         uid = list(train)[idx]
-        train[uid] = sorted([*train[uid], *extra], key=lambda e: (e.timestamp, e.event_id))
+        kept = [] if opts.canary_devices else train[uid]
+        train[uid] = sorted([*kept, *extra], key=lambda e: (e.timestamp, e.event_id))
     events = [e for evs in train.values() for e in evs]
     held = [e for evs in test.values() for e in evs]
     say(
@@ -387,7 +397,9 @@ def _simulate_into(
         write_config(out, opts, run, len(parts), vocabulary)
     t_fl = time.perf_counter()
     rounds_started.append(True)
-    _run_flower(run, labels, out, stores, opts, on_round, on_reply, bundle.items)
+    _run_flower(
+        run, labels, out, stores, opts, on_round, on_reply, _with_canary_items(bundle.items, opts)
+    )
     fl_seconds = time.perf_counter() - t_fl
     data = RunData(
         opts, run, bundle, events, held, train, test, encoder, cache, projection, labels,
@@ -441,7 +453,7 @@ def _simulate_batched_into(
     table = population.pop()
     train_t, test_t = table.temporal_split(opts.holdout)
     # the empirical audit's canaries join their devices' training events (as in _simulate_into)
-    train_t = train_t.with_events(opts.canaries)
+    train_t = train_t.with_events(opts.canaries, replace=opts.canary_devices)
     n_users = table.num_users
     say(
         f"dataset {bundle.name}: {len(train_t)} training events of {n_users} users "
@@ -512,7 +524,7 @@ def _simulate_batched_into(
         opts,
         round_printer(run, say, summaries),
         on_reply,
-        bundle.items,
+        _with_canary_items(bundle.items, opts),
         shards=True,
         collector=collector,
     )

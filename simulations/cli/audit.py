@@ -143,22 +143,31 @@ def _empirical(args: argparse.Namespace) -> int:
         cache=Path(args.cache) if args.cache else None,
         progress=say,
     )
+    # the run's accounted epsilon at the relation the canaries test
+    accounted = (
+        base["headline"]["epsilon_user_level"]
+        if res.unit == "user"
+        else base["event_level"]["epsilon_max"]
+    )
     payload = {
         **res.to_dict(),
-        "epsilon_accounted_of_run": base["event_level"]["epsilon_max"],
-        "exceeds_accounted": res.epsilon_lower_bound > base["event_level"]["epsilon_max"],
+        "epsilon_accounted_of_run": accounted,
+        "exceeds_accounted": res.epsilon_lower_bound > accounted,
     }
     report_path = record_empirical(args.run_dir, "nodp" if args.no_dp else "dp", payload)
 
     def human() -> None:
         kind = "WITHOUT noise (--no-dp)" if args.no_dp else "with the run's noise"
+        what = "canary devices" if res.unit == "user" else "canary events"
         print(
-            f"empirical audit {kind}: {res.canaries} canaries, {res.correct}/{res.guesses} membership guesses right"
+            f"empirical audit {kind}: {res.canaries} {what} (attack on {res.attack}), "
+            f"{res.correct}/{res.guesses} membership guesses right"
         )
-        print(f"  empirical lower bound on epsilon (95%): {res.epsilon_lower_bound:.3f}")
         print(
-            f"  accounted epsilon of {args.run_dir}: {fmt_eps(base['event_level']['epsilon_max'])}"
+            f"  empirical lower bound on epsilon (95%): {res.epsilon_lower_bound:.3f} "
+            f"(the most {res.guesses} guesses can show: {res.epsilon_max_attainable:.3f})"
         )
+        print(f"  accounted {res.unit}-level epsilon of {args.run_dir}: {fmt_eps(accounted)}")
         if args.no_dp and payload["exceeds_accounted"]:
             print(
                 "  the lower bound exceeds the DP run's accounted epsilon: the audit detects missing noise."
@@ -203,7 +212,8 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         "--canaries",
         type=positive_int,
         default=None,
-        help="with --empirical: canaries (default: one per client)",
+        help="with --empirical: canaries (default: at user level half the clients, at most "
+        "2000, as canary devices; at event level one per client)",
     )
     aud.add_argument("--cache", help="embedding cache file")
     aud.set_defaults(handler=run)

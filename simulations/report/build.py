@@ -73,7 +73,12 @@ def write_report(
         "versions": len(data.versions),
         "rounds": len(data.rounds),
         "epsilon_event_level_max": ev.get("epsilon_max", m.get("epsilon_event_level_total")),
-        "epsilon_user_level": (data.audit or {}).get("user_level", {}).get("epsilon"),
+        "epsilon_user_level": ((data.audit or {}).get("headline") or {}).get(
+            "epsilon_user_level",
+            (data.audit or {})
+            .get("user_level", {})
+            .get("epsilon", m.get("epsilon_user_level_total")),
+        ),
         "audit_flags": len((data.audit or {}).get("flags", [])),
         "audit_source": data.audit_source,
         "empirical": sorted(((data.audit or {}).get("empirical") or {}).keys()),

@@ -44,6 +44,17 @@ def run_page(data: RunData) -> Page:
         ),
     )
     ev = (data.audit or {}).get("event_level", {})
+    head = (data.audit or {}).get("headline") or {}
+    if head:
+        page.tile(
+            "user-level ε (max over devices)",
+            fmt(head.get("epsilon_user_level")),
+            f"target {fmt(head.get('target_epsilon'), 2)} at {head.get('unit', '?')} level",
+        )
+    elif m.get("epsilon_user_level_total") is not None:
+        page.tile(
+            "user-level ε (accounted)", fmt(m.get("epsilon_user_level_total")), "no ledger audit"
+        )
     if ev:
         page.tile(
             "event-level ε (max over devices)",
@@ -56,7 +67,7 @@ def run_page(data: RunData) -> Page:
         )
     if data.audit:
         page.tile(
-            "user-level ε (server)",
+            "user-level ε (server's records)",
             fmt(data.audit.get("user_level", {}).get("epsilon")),
             "all outputs composed",
         )
