@@ -550,7 +550,13 @@ def _histogram_result(
     """Population analytics: the share of devices whose top-k broad interests include each
     level-1 node of the new version (DP counts, summed like the releases)."""
     rel = result.releases
-    record: dict[str, Any] = {"usable": rel.usable, "failures": dict(rel.failures)}
+    record: dict[str, Any] = {
+        "usable": rel.usable,
+        "failures": dict(rel.failures),
+        # what the devices were asked for (the audit checks their ledgers against it)
+        "noise_multiplier": result.request.config.noise_multiplier,
+        "device_noise_std": result.request.config.noise_std,
+    }
     h = outcome.hierarchy
     if rel.total is None or h is None:
         return record, {}
@@ -589,6 +595,8 @@ def _popularity_result(
         "usable": rel.usable,
         "failures": dict(rel.failures),
         "statuses": dict(rel.statuses),
+        "noise_multiplier": result.request.config.noise_multiplier,
+        "device_noise_std": result.request.config.noise_std,
     }
     if rel.total is None or config.catalogue is None:
         return record, {}

@@ -7,7 +7,7 @@ against the parameters the server announced; and what a run's stores yield for
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -99,24 +99,56 @@ def entries_at(entries: Iterable[LedgerEntry], scope: Scope) -> list[LedgerEntry
     return out
 
 
+#: Where each auxiliary task's announcement sits in a round record's ``analytics``.
+_ANALYTICS_KEY = {
+    ReleaseTask.ITEM_COUNTS.value: "popularity",
+    ReleaseTask.HISTOGRAM.value: "histogram",
+}
+
+
+def _announced(record: Mapping[str, Any], task: str) -> Mapping[str, Any]:
+    """What the server announced for ``task`` in one round record (``{}``: not recorded)."""
+    if task == ReleaseTask.LEAF_SUMS.value:
+        return {
+            "noise_multiplier": record.get("noise_multiplier"),
+            "noise_std": record.get("noise_std"),
+        }
+    aux = (record.get("analytics") or {}).get(_ANALYTICS_KEY.get(task, ""), {})
+    if not isinstance(aux, Mapping):
+        return {}
+    return {
+        "noise_multiplier": aux.get("noise_multiplier"),
+        "noise_std": aux.get("device_noise_std"),
+    }
+
+
 def parameter_flags(
-    event_entries: Iterable[LedgerEntry],
+    unit_entries: Iterable[LedgerEntry],
     round_config: dict[int, dict[str, Any]] | None,
     sensitivity: float | None,
 ) -> list[str]:
-    """Leaf-sum entries whose noise multiplier or sensitivity disagree with what the server
-    announced (``round_config``: per round, ``rounds.jsonl``'s record)."""
+    """Release entries (leaf sums, item counts, histograms; continuous or integer noise), at
+    the run's unit, whose noise multiplier or device noise std disagree with what the server
+    announced for that task and round (``round_config``: per round, ``rounds.jsonl``'s
+    record), and leaf-sum entries whose sensitivity disagrees with the announced one
+    (continuous noise; an integer release's is in integer units)."""
     flags: list[str] = []
-    for e in event_entries:
-        if (
-            e.mechanism is Mechanism.GAUSSIAN_SUM
-            and round_config
-            and e.server_round in round_config
-        ):
-            want = round_config[e.server_round].get("noise_multiplier")
+    for e in unit_entries:
+        task = task_of(e)
+        if e.mechanism is Mechanism.NON_PRIVATE or task == ADAPTER:
+            continue
+        what = "" if task == ReleaseTask.LEAF_SUMS.value else f" {task}"
+        if round_config and e.server_round in round_config:
+            said = _announced(round_config[e.server_round], task)
+            want = said.get("noise_multiplier")
             if want is not None and not _close(e.noise_multiplier, float(want)):
                 flags.append(
-                    f"round {e.server_round}: ledger noise multiplier {e.noise_multiplier:.6g} != announced {float(want):.6g}"
+                    f"round {e.server_round}{what}: ledger noise multiplier {e.noise_multiplier:.6g} != announced {float(want):.6g}"
+                )
+            std, got = said.get("noise_std"), e.details.get("noise_std")
+            if std is not None and got is not None and not _close(float(got), float(std)):
+                flags.append(
+                    f"round {e.server_round}{what}: ledger noise std {float(got):.6g} != announced {float(std):.6g}"
                 )
         if (
             e.mechanism is Mechanism.GAUSSIAN_SUM

@@ -502,3 +502,23 @@ def test_audit_of_100000_users(tmp_path: Path) -> None:
     assert report["event_level"]["devices"] == 100_000
     assert [f for f in report["flags"] if not f.startswith("user-00001: over budget")] == []
     assert seconds < 120
+
+
+@pytest.mark.slow
+def test_every_kind_of_release_is_checked_against_its_announcement(run: Path) -> None:
+    """A user-ledger mechanism of the item-count release whose noise multiplier was lowered
+    (as a device that added too little noise would record it) is flagged, naming the task,
+    like a leaf-sum one."""
+    with contextlib.closing(sqlite3.connect(run / "clients" / "shard-000.db")) as con, con:
+        rows = con.execute("SELECT id, entry FROM mechanisms").fetchall()
+        counts = [
+            (i, json.loads(e))
+            for i, e in rows
+            if json.loads(e)["details"].get("task") == "item-counts"
+        ]
+        assert counts, "the run released item counts"
+        mid, entry = counts[0]
+        entry["noise_multiplier"] *= 0.5
+        con.execute("UPDATE mechanisms SET entry = ? WHERE id = ?", (json.dumps(entry), mid))
+    flags = audit_run(run)["flags"]
+    assert any("item-counts: ledger noise multiplier" in f for f in flags), flags
