@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from common.errors import ConfigError, RefusalCode, ReleaseRefusedError
+from common.errors import ConfigError, RefusalCode, ReleaseRefusedError, coerce_enum
 from common.privacy import PrivacyBudget, Scope
 from common.records import ReleaseMode
 from common.round_config import RoundConfig
@@ -63,13 +63,7 @@ class DevicePolicy:
     def __post_init__(self) -> None:
         if not (isinstance(self.delta, float) and 0 < self.delta < 1):
             raise ConfigError(f"the device's `delta` must be in (0, 1). Found {self.delta!r}.")
-        if not isinstance(self.unit, Scope):
-            try:
-                object.__setattr__(self, "unit", Scope(self.unit))
-            except ValueError:
-                raise ConfigError(
-                    f"the device's `unit` must be 'user' or 'event'. Found {self.unit!r}."
-                ) from None
+        coerce_enum(self, "unit", Scope, label="the device's ")
         if self.min_cohort is not None and not (
             isinstance(self.min_cohort, int)
             and not isinstance(self.min_cohort, bool)

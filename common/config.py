@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from common.errors import ConfigError
+from common.errors import ConfigError, coerce_enum
 from common.privacy.ledger import Scope
 from common.projection import DEFAULT_OUTPUT_DIM, DEFAULT_SEED
 from common.records import NoiseKind, ReleaseMode
@@ -78,27 +78,9 @@ class PrivacyConfig:
     noise: NoiseKind = NoiseKind.GAUSSIAN
 
     def __post_init__(self) -> None:
-        if not isinstance(self.mode, ReleaseMode):
-            try:
-                object.__setattr__(self, "mode", ReleaseMode(self.mode))
-            except ValueError:
-                raise ConfigError(
-                    f"`mode` must be 'secagg' or 'local'. Found {self.mode!r}."
-                ) from None
-        if not isinstance(self.noise, NoiseKind):
-            try:
-                object.__setattr__(self, "noise", NoiseKind(self.noise))
-            except ValueError:
-                raise ConfigError(
-                    f"`noise` must be one of {[n.value for n in NoiseKind]}. Found {self.noise!r}."
-                ) from None
-        if not isinstance(self.unit, Scope):
-            try:
-                object.__setattr__(self, "unit", Scope(self.unit))
-            except ValueError:
-                raise ConfigError(
-                    f"`unit` must be 'user' or 'event'. Found {self.unit!r}."
-                ) from None
+        coerce_enum(self, "mode", ReleaseMode)
+        coerce_enum(self, "noise", NoiseKind)
+        coerce_enum(self, "unit", Scope)
         _pos(self.epsilon, "epsilon")
         if not 0 < self.delta < 1:
             raise ConfigError(f"`delta` must be in (0, 1). Found {self.delta!r}.")

@@ -7,6 +7,7 @@ the line or row: "`clipping_norm` must be > 0. Found -1.0."
 from __future__ import annotations
 
 import enum
+from typing import TypeVar
 
 __all__ = [
     "BudgetExceededError",
@@ -19,7 +20,26 @@ __all__ = [
     "RefusalCode",
     "ReleaseRefusedError",
     "StoreError",
+    "coerce_enum",
 ]
+
+
+_E = TypeVar("_E", bound=enum.Enum)
+
+
+def coerce_enum(obj: object, name: str, kind: type[_E], *, label: str = "") -> None:
+    """Turns a frozen dataclass's field ``name`` into a ``kind`` member in place (a string
+    from JSON or a run config), or raises :class:`ConfigError` naming the field, the allowed
+    values and what was found."""
+    value = getattr(obj, name)
+    if isinstance(value, kind):
+        return
+    try:
+        object.__setattr__(obj, name, kind(value))
+    except ValueError:
+        raise ConfigError(
+            f"{label}`{name}` must be one of {[m.value for m in kind]}. Found {value!r}."
+        ) from None
 
 
 class FedInterestError(Exception):

@@ -47,11 +47,12 @@ noise factors), and it is what the ledger's merged Gaussian composes.
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from common.adapter import DPSGD_GROUP_SIZE, event_level_dpsgd
 from common.errors import ConfigError, RefusalCode, ReleaseRefusedError
@@ -64,6 +65,8 @@ from common.privacy.discrete import (
 from common.privacy.ledger import LedgerEntry, Mechanism, Scope
 from common.privacy.mechanisms import secagg_share_std
 from common.records import TASK_SENSITIVITY, NoiseKind, ReleaseMode, ReleaseTask, RoundKeys
+
+_E = TypeVar("_E", bound=enum.Enum)
 
 #: The privacy unit of a run: the neighbouring relation its noise is calibrated for.
 PrivacyUnit = Scope
@@ -495,38 +498,11 @@ class RoundConfig:
                 raise ReleaseRefusedError(f"round config `{key}` must be finite. Found {v!r}.")
             return v
 
-        raw_task = cfg.get(RoundKeys.TASK, ReleaseTask.LEAF_SUMS.value)
-        try:
-            task = ReleaseTask(raw_task)
-        except ValueError:
-            raise ReleaseRefusedError(
-                f"round config `{RoundKeys.TASK}` must be one of {[t.value for t in ReleaseTask]}. "
-                f"Found {raw_task!r}."
-            ) from None
-        raw_mode = get(RoundKeys.MODE, str)
-        try:
-            mode = ReleaseMode(raw_mode)
-        except ValueError:
-            raise ReleaseRefusedError(
-                f"round config `{RoundKeys.MODE}` must be 'secagg' or 'local'. Found {raw_mode!r}."
-            ) from None
+        task = _enum(cfg, RoundKeys.TASK, ReleaseTask, ReleaseTask.LEAF_SUMS)
+        mode = _enum(cfg, RoundKeys.MODE, ReleaseMode, None)
         top_k = get(RoundKeys.TOP_K, int) if RoundKeys.TOP_K in cfg else None
-        raw_unit = cfg.get(RoundKeys.UNIT, Scope.EVENT.value)
-        try:
-            unit = Scope(raw_unit)
-        except ValueError:
-            raise ReleaseRefusedError(
-                f"round config `{RoundKeys.UNIT}` must be 'user' or 'event'. Found {raw_unit!r}.",
-                RefusalCode.UNIT,
-            ) from None
-        raw_noise = cfg.get(RoundKeys.NOISE, NoiseKind.GAUSSIAN.value)
-        try:
-            noise = NoiseKind(raw_noise)
-        except ValueError:
-            raise ReleaseRefusedError(
-                f"round config `{RoundKeys.NOISE}` must be one of "
-                f"{[n.value for n in NoiseKind]}. Found {raw_noise!r}."
-            ) from None
+        unit = _enum(cfg, RoundKeys.UNIT, Scope, Scope.EVENT, RefusalCode.UNIT)
+        noise = _enum(cfg, RoundKeys.NOISE, NoiseKind, NoiseKind.GAUSSIAN)
         extra: dict[str, Any] = {}
         if RoundKeys.CLIP_UNITS in cfg:
             extra["clip_units"] = get(RoundKeys.CLIP_UNITS, float)
@@ -608,6 +584,26 @@ class RoundConfig:
                 f"noise_multiplier {self.noise_multiplier:g} x sensitivity {self.sensitivity:g} requires "
                 f"in {self.mode.value} mode; refusing to release."
             )
+
+
+def _enum(
+    cfg: Mapping[str, Any],
+    key: str,
+    kind: type[_E],
+    default: _E | None,
+    code: RefusalCode = RefusalCode.CONFIG,
+) -> _E:
+    """The enum value of ``key`` (``default`` when absent; required when ``None``), refused
+    naming the key, the allowed values and what was found."""
+    if key not in cfg and default is None:
+        raise ReleaseRefusedError(f"round config is missing `{key}`.")
+    raw = cfg.get(key, default.value if default is not None else None)
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ReleaseRefusedError(
+            f"round config `{key}` must be one of {[v.value for v in kind]}. Found {raw!r}.", code
+        ) from None
 
 
 def dpsgd_ledger_entry(

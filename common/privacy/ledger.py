@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from common.errors import ConfigError
+from common.errors import ConfigError, coerce_enum
 
 __all__ = ["LedgerEntry", "Mechanism", "Scope"]
 
@@ -76,20 +76,8 @@ class LedgerEntry:
     details: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.mechanism, Mechanism):
-            try:
-                object.__setattr__(self, "mechanism", Mechanism(self.mechanism))
-            except ValueError:
-                raise ConfigError(
-                    f"`mechanism` must be one of {[m.value for m in Mechanism]}. Found {self.mechanism!r}."
-                ) from None
-        if not isinstance(self.scope, Scope):
-            try:
-                object.__setattr__(self, "scope", Scope(self.scope))
-            except ValueError:
-                raise ConfigError(
-                    f"`scope` must be 'event' or 'user'. Found {self.scope!r}."
-                ) from None
+        coerce_enum(self, "mechanism", Mechanism)
+        coerce_enum(self, "scope", Scope)
         z = self.noise_multiplier
         floor_ok = self.mechanism is Mechanism.NON_PRIVATE and z == 0
         if not floor_ok and not (

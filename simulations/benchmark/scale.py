@@ -136,13 +136,28 @@ def run(quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
+_QUALITY_KEYS = ("nmi_level1", "nmi_level2", "item_nmi_level2", "dendrogram_purity")
+
+
+def _quality_row(section: str, case: str, res: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """A row of a quality section: the run's ratios to centralized."""
+    ratio = res.get("ratio") or {}
+    return {
+        "section": section,
+        "case": case,
+        "load": res["load_before"],
+        "wall_s": res["process_wall_s"],
+        **extra,
+        **{f"ratio_{k}": ratio.get(k) or float("nan") for k in _QUALITY_KEYS},
+    }
+
+
 def run_quality(quick: bool) -> list[dict[str, Any]]:
     """Section ``engines``: ratios to centralized of both engines where they overlap (100 and,
     full run, 1,000 devices; several seeds each, so the devices engine's run-to-run spread is
     measured beside the batched engine's figures)."""
     plan = ((100, (0, 1)),) if quick else ((100, (0, 1, 2)), (1000, (0, 1)))
     rows: list[dict[str, Any]] = []
-    keys = ("nmi_level1", "nmi_level2", "item_nmi_level2", "dendrogram_purity")
     with tempfile.TemporaryDirectory() as d:
         for clients, seeds in plan:
             _warm_cache(clients, 0)
@@ -157,15 +172,8 @@ def run_quality(quick: bool) -> list[dict[str, Any]]:
                             "out": str(Path(d) / f"q-{engine}-{clients}-{seed}"),
                         }
                     )
-                    ratio = res.get("ratio") or {}
                     rows.append(
-                        {
-                            "section": "engines",
-                            "case": f"{engine}: {clients} devices, seed {seed}",
-                            "load": res["load_before"],
-                            "wall_s": res["process_wall_s"],
-                            **{f"ratio_{k}": ratio.get(k) or float("nan") for k in keys},
-                        }
+                        _quality_row("engines", f"{engine}: {clients} devices, seed {seed}", res)
                     )
     return rows
 
@@ -179,7 +187,6 @@ def run_user_level(quick: bool) -> list[dict[str, Any]]:
     else:
         plan = ((1_000, (0, 1, 2)), (10_000, (0, 1, 2)), (100_000, (0,)))
     epsilons = (2.0, 8.0)
-    keys = ("nmi_level1", "nmi_level2", "item_nmi_level2", "dendrogram_purity")
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as d:
         for clients, seeds in plan:
@@ -203,15 +210,12 @@ def run_user_level(quick: bool) -> list[dict[str, Any]]:
                             "out": str(Path(d) / f"u-{clients}-{seed}-{eps:g}"),
                         }
                     )
-                    ratio = res.get("ratio") or {}
                     rows.append(
-                        {
-                            "section": "user_level",
-                            "case": f"{clients} devices, seed {seed}, user-level epsilon {eps:g}",
-                            "load": res["load_before"],
-                            "wall_s": res["process_wall_s"],
-                            "epsilon_user_level": res.get("epsilon_user_level_total"),
-                            **{f"ratio_{k}": ratio.get(k) or float("nan") for k in keys},
-                        }
+                        _quality_row(
+                            "user_level",
+                            f"{clients} devices, seed {seed}, user-level epsilon {eps:g}",
+                            res,
+                            epsilon_user_level=res.get("epsilon_user_level_total"),
+                        )
                     )
     return rows

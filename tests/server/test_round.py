@@ -274,7 +274,9 @@ def test_aux_release_that_failed_changes_nothing_but_the_record() -> None:
         state, outcome, AuxResult(hist, ReleaseSum(None, 0, {"halted": 1})), config
     )
     assert new is state and out2.ledger_entries == outcome.ledger_entries
-    assert out2.summary.analytics == {"histogram": {"usable": 0, "failures": {"halted": 1}}}
+    record = out2.summary.analytics["histogram"]
+    assert {k: record[k] for k in ("usable", "failures")} == {"usable": 0, "failures": {"halted": 1}}
+    assert set(record) == {"usable", "failures", "noise_multiplier", "device_noise_std"}
 
 
 def test_persist_and_restore(tmp_path: Path) -> None:
