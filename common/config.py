@@ -57,9 +57,11 @@ class PrivacyConfig:
             sampled devices carries the full noise; rounds with fewer survivors are aborted
             before unmasking.
         device_epsilon: each device's lifetime budget at the run's unit (default: ``epsilon``).
-        noise: ``gaussian`` (continuous; SecAgg+ quantises it afterwards) or
-            ``discrete-gaussian`` (integer noise added on the device, what SecAgg+ sums is the
-            accounted mechanism: :mod:`common.privacy.discrete`; composed with RDP).
+        noise: ``gaussian`` (continuous) or ``discrete-gaussian`` (integer noise added on the
+            device: what SecAgg+ sums is exactly the accounted mechanism,
+            :mod:`common.privacy.discrete`; composed with RDP). Default (``None``): integer
+            noise under secure aggregation, where the protocol sums integers, and continuous
+            noise in local mode, where nothing quantises it (:attr:`noise_kind`).
         no_dp: release without noise (insecure; for debugging and the empirical audit).
         accountant: ``pld`` (default) or ``rdp``.
     """
@@ -75,11 +77,12 @@ class PrivacyConfig:
     device_epsilon: float | None = None
     no_dp: bool = False
     accountant: str = "pld"
-    noise: NoiseKind = NoiseKind.GAUSSIAN
+    noise: NoiseKind | None = None
 
     def __post_init__(self) -> None:
         coerce_enum(self, "mode", ReleaseMode)
-        coerce_enum(self, "noise", NoiseKind)
+        if self.noise is not None:
+            coerce_enum(self, "noise", NoiseKind)
         coerce_enum(self, "unit", Scope)
         _pos(self.epsilon, "epsilon")
         if not 0 < self.delta < 1:
@@ -102,10 +105,18 @@ class PrivacyConfig:
         return self.clipping_norm * self.max_weight
 
     @property
+    def noise_kind(self) -> NoiseKind:
+        """The noise in force: ``noise``, or by default integer noise under secure
+        aggregation and continuous noise in local mode."""
+        if self.noise is not None:
+            return self.noise
+        return NoiseKind.DISCRETE if self.mode is ReleaseMode.SECAGG else NoiseKind.GAUSSIAN
+
+    @property
     def composition_accountant(self) -> str:
         """The accountant the run's epsilon is calibrated and audited with: RDP for integer
         noise (a Renyi bound: :mod:`common.privacy.accounting`), else ``accountant``."""
-        return "rdp" if self.noise is NoiseKind.DISCRETE else self.accountant
+        return "rdp" if self.noise_kind is NoiseKind.DISCRETE else self.accountant
 
     @property
     def user_bound(self) -> float:

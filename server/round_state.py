@@ -179,7 +179,7 @@ class ServerConfig:
             max_weight=p.max_weight,
             user_clipping_norm=p.user_bound,
             unit=p.unit,
-            noise=p.noise,
+            noise=p.noise_kind,
             release_dim=release_dim,
             residual_threshold=self.run.clustering.residual_threshold,
             projection_seed=self.projection.seed,

@@ -74,9 +74,9 @@ NAMED = 10
 
 
 def task_of(entry: LedgerEntry) -> str:
-    """The task a device's ledger entry accounts for (a non-private release names its task
-    in ``details``; one without a task is a leaf-sum release)."""
-    if entry.mechanism is Mechanism.NON_PRIVATE:
+    """The task a device's ledger entry accounts for (a non-private or integer-noise release
+    names its task in ``details``; one without a task is a leaf-sum release)."""
+    if entry.mechanism in (Mechanism.NON_PRIVATE, Mechanism.DISCRETE_GAUSSIAN):
         return str(entry.details.get("task", ReleaseTask.LEAF_SUMS.value))
     return _TASK_OF_MECHANISM.get(entry.mechanism, str(entry.mechanism.value))
 

@@ -420,10 +420,10 @@ def add_run_settings(p: argparse.ArgumentParser, *, populations: bool = False) -
     p.add_argument(
         "--noise",
         choices=[n.value for n in NoiseKind],
-        default=d.privacy.noise.value,
-        help="gaussian (continuous; SecAgg+ quantises it) or discrete-gaussian (integer noise on "
-        "the device: what SecAgg+ sums is the accounted mechanism, composed with RDP) (default "
-        f"{d.privacy.noise.value})",
+        default=None,
+        help="gaussian (continuous) or discrete-gaussian (integer noise on the device: what "
+        "SecAgg+ sums is exactly the accounted mechanism, composed with RDP) (default: "
+        "discrete-gaussian with --mode secagg, gaussian with --mode local)",
     )
     p.add_argument(
         "--user-clipping-norm",

@@ -368,17 +368,21 @@ def test_secagg_round_completes_with_survivors(loopback: dict[str, Any]) -> None
     assert sum(r2["failures"].values()) >= 1, r2
     assert r2["min_cohort"] == 2
     # the survivors' shares carry the full noise: 2 x share variance = one device's full noise
-    assert r2["noise_std"] == pytest.approx(r2["noise_multiplier"] / 2**0.5, rel=1e-6)
+    # (integer noise, the secagg default: times the rounding's inflation of the sensitivity)
+    assert r2["noise_std"] >= r2["noise_multiplier"] / 2**0.5
+    assert r2["noise_std"] == pytest.approx(r2["noise_multiplier"] / 2**0.5, rel=0.01)
 
 
 def test_device_ledgers_have_entries(loopback: dict[str, Any]) -> None:
     """Every device recorded its releases; the stopped one has round 1 only."""
+    from common.privacy import Scope
     from simulations.audit import audit_device
 
     rounds = {r["server_round"]: r for r in _rounds(loopback)}
     per_round = []
     for store in loopback["stores"]:
-        dev = audit_device(store, delta=1e-5, round_config=rounds, sensitivity=1.0)
+        # deployed devices keep their ledgers at user level (their default unit)
+        dev = audit_device(store, delta=1e-6, round_config=rounds, sensitivity=1.0, unit=Scope.USER)
         assert dev.entries, f"{store} has an empty ledger"
         assert dev.flags == [], dev.flags
         per_round.append(sorted(dev.per_round))

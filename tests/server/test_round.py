@@ -275,7 +275,10 @@ def test_aux_release_that_failed_changes_nothing_but_the_record() -> None:
     )
     assert new is state and out2.ledger_entries == outcome.ledger_entries
     record = out2.summary.analytics["histogram"]
-    assert {k: record[k] for k in ("usable", "failures")} == {"usable": 0, "failures": {"halted": 1}}
+    assert {k: record[k] for k in ("usable", "failures")} == {
+        "usable": 0,
+        "failures": {"halted": 1},
+    }
     assert set(record) == {"usable", "failures", "noise_multiplier", "device_noise_std"}
 
 

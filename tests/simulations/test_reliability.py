@@ -161,7 +161,7 @@ def test_thirty_percent_dropout_completes_and_audit_is_clean(dropout_run: Path) 
     assert all(r["usable"] >= r["min_cohort"] for r in rounds)
     report = audit_run(dropout_run)
     assert report["flags"] == [] and report["event_level"]["over_budget"] == []
-    assert report["event_level"]["epsilon_max"] <= 2.0 * 1.01
+    assert report["headline"]["epsilon_user_level"] <= 2.0 * 1.01
     # a device that dropped out of a round before its release spends less, never more
     assert metrics["ratio"]["nmi_level1"] > 0.5
 

@@ -66,7 +66,8 @@ def test_secagg_simulation_end_to_end(tmp_path: Path, cache: Path) -> None:
     assert [r["server_round"] for r in rounds] == [1, 2] and all(
         r["status"] == "ok" for r in rounds
     )
-    assert rounds[-1]["epsilon_event_level"] == pytest.approx(2.0, rel=0.01)
+    # user level by default, integer noise under SecAgg+ (calibrated and composed with RDP)
+    assert rounds[-1]["epsilon_user_level"] == pytest.approx(2.0, rel=0.01)
     for key in ("federated", "centralized", "catalogue"):
         assert set(metrics[key]) == set(METRIC_KEYS)
     assert set(metrics["ratio"]) == set(METRIC_KEYS)
@@ -81,8 +82,13 @@ def test_secagg_simulation_end_to_end(tmp_path: Path, cache: Path) -> None:
     for p in stores:
         with EventStore(p, create=False) as s:
             # leaf sums in rounds 1 and 2, plus the DP item counts of the last round
-            got = [(e.server_round, e.mechanism.value) for e in s.ledger()]
-            assert got == [(1, "gaussian_sum"), (2, "gaussian_sum"), (2, "gaussian_count")]
+            got = [(e.server_round, e.mechanism.value, e.details["task"]) for e in s.ledger()]
+            assert got == [
+                (1, "discrete_gaussian", "leaf-sums"),
+                (2, "discrete_gaussian", "leaf-sums"),
+                (2, "discrete_gaussian", "item-counts"),
+            ]
+            assert all(e.scope.value == "user" for e in s.ledger())
     # egress: SecAgg+ replies carry protocol records and the allow-listed metadata only
     assert replies
     for r in replies:
