@@ -28,7 +28,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 
-from client.encoder import EncoderConfig, MiniLMEncoder, TextEncoder
+from client.encoder import TextEncoder
+from client.encoder_registry import DEFAULT_ENCODER, ENCODERS, make_encoder
 from client.policy import DEFAULT_DEVICE_DELTA, DEFAULT_DEVICE_UNIT, DevicePolicy
 from client.release import (
     ReleaseOutcome,
@@ -86,6 +87,7 @@ log = logging.getLogger("fedinterest.client")
 NODE_STORE_KEY = "store"
 NODE_BUDGET_EPSILON_KEY = "budget-epsilon"
 NODE_MODEL_DIR_KEY = "model-dir"
+NODE_ENCODER_KEY = "encoder"
 NODE_DELTA_KEY = "delta"
 NODE_UNIT_KEY = "unit"
 NODE_MIN_COHORT_KEY = "min-cohort"
@@ -105,6 +107,8 @@ class DeviceSettings:
             ``allow_no_dp``).
         allow_no_dp: accept rounds without noise (simulation of ``--no-dp`` only).
         model_dir: a local HF model directory instead of the bundled MiniLM.
+        encoder: the registered encoder (:data:`client.encoder_registry.ENCODERS`); it must
+            be the run's (the projection fingerprint covers it), else the device refuses.
         noise_seed: seed for the DP noise (tests only; ``None`` = OS entropy).
         policy: its own delta, unit and minimum cohort (:class:`client.policy.DevicePolicy`):
             a round breaching them is refused (a server announcing delta 0.1 would otherwise
@@ -116,6 +120,7 @@ class DeviceSettings:
     allow_no_dp: bool = False
     model_dir: str | None = None
     noise_seed: int | None = None
+    encoder: str = DEFAULT_ENCODER
     policy: DevicePolicy = field(default_factory=DevicePolicy)
 
     @property
@@ -125,7 +130,7 @@ class DeviceSettings:
 
 def store_from_node_config(context: Context) -> DeviceSettings:
     """Deployment: settings from the SuperNode's node config (``store``, ``budget-epsilon``,
-    ``model-dir``, and the device's own ``delta``, ``unit`` and ``min-cohort``)."""
+    ``encoder``, ``model-dir``, and the device's own ``delta``, ``unit`` and ``min-cohort``)."""
     cfg = context.node_config
     if NODE_STORE_KEY not in cfg:
         raise ConfigError(
@@ -134,6 +139,12 @@ def store_from_node_config(context: Context) -> DeviceSettings:
         )
     eps = cfg.get(NODE_BUDGET_EPSILON_KEY, DEFAULT_DEVICE_EPSILON)
     model_dir = cfg.get(NODE_MODEL_DIR_KEY)
+    encoder = str(cfg.get(NODE_ENCODER_KEY, DEFAULT_ENCODER))
+    if encoder not in ENCODERS:
+        raise ConfigError(
+            f"the node config is refused: `{NODE_ENCODER_KEY}` must be one of "
+            f"{', '.join(ENCODERS)}. Found {encoder!r}."
+        )
     try:
         delta = float(str(cfg.get(NODE_DELTA_KEY, DEFAULT_DEVICE_DELTA)))
         raw_cohort = cfg.get(NODE_MIN_COHORT_KEY)
@@ -148,18 +159,20 @@ def store_from_node_config(context: Context) -> DeviceSettings:
         store=Path(str(cfg[NODE_STORE_KEY])),
         budget_epsilon=float(str(eps)),
         model_dir=None if model_dir is None else str(model_dir),
+        encoder=encoder,
         policy=policy,
     )
 
 
-_ENCODERS: dict[str | None, TextEncoder] = {}
+_ENCODERS: dict[tuple[str, str | None], TextEncoder] = {}
 
 
-def _encoder(model_dir: str | None) -> TextEncoder:
+def _encoder(settings: DeviceSettings) -> TextEncoder:
     # one per process; the model itself loads only if a text misses the cache
-    if model_dir not in _ENCODERS:
-        _ENCODERS[model_dir] = MiniLMEncoder(EncoderConfig(model_dir=model_dir, num_threads=1))
-    return _ENCODERS[model_dir]
+    key = (settings.encoder, settings.model_dir)
+    if key not in _ENCODERS:
+        _ENCODERS[key] = make_encoder(settings.encoder, num_threads=1, model_dir=settings.model_dir)
+    return _ENCODERS[key]
 
 
 def _budget(settings: DeviceSettings, delta: float) -> PrivacyBudget | None:
@@ -205,7 +218,7 @@ def _release_leaf_sums(
             store,
             params,
             first,
-            encoder=_encoder(settings.model_dir),
+            encoder=_encoder(settings),
             budget=_budget(settings, params.delta),
             rng=rng,
             adapter=_public_adapter(adapter),
@@ -251,7 +264,7 @@ def _release_histogram(
             params,
             first,
             top_k=params.top_k if params.top_k is not None else 1,
-            encoder=_encoder(settings.model_dir),
+            encoder=_encoder(settings),
             budget=_budget(settings, params.delta),
             rng=rng,
             adapter=_public_adapter(adapter),
@@ -298,6 +311,14 @@ def _run_adapter(
             "this device keeps a user-level budget; the adapter's DP-SGD is event level. Refusing.",
             RefusalCode.UNIT,
         )
+    import importlib.util
+
+    if any(importlib.util.find_spec(m) is None for m in ("torch", "opacus")):
+        raise ReleaseRefusedError(
+            "the adapter trains with torch and opacus, which this install lacks (the `edge` "
+            "extra releases leaf sums only): pip install 'fedinterest[client]'. Refusing.",
+            RefusalCode.UNSUPPORTED,
+        )
     params = params_from_config(cfg, allow_no_dp=settings.allow_no_dp)
     delta = float(cfg.get(AdapterKeys.DELTA, 1e-5))
     with _open_store(settings) as store:
@@ -307,7 +328,7 @@ def _run_adapter(
             weights,
             negatives,
             server_round=int(cfg.get(AdapterKeys.SERVER_ROUND, 0)),
-            encoder=_encoder(settings.model_dir),
+            encoder=_encoder(settings),
             budget=_budget(settings, delta),
             seed=_rng_seed(settings, int(cfg.get(AdapterKeys.SERVER_ROUND, 0))),
         )

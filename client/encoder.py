@@ -11,6 +11,7 @@ torch and transformers are imported on first use, not at module import.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -256,7 +257,7 @@ def encode_cached(
         new_hashes = list(missing)
         kwargs = (
             {"progress": progress}
-            if progress is not None and isinstance(encoder, MiniLMEncoder)
+            if progress is not None and "progress" in inspect.signature(encoder.encode).parameters
             else {}
         )
         vecs = encoder.encode([missing[h] for h in new_hashes], **kwargs)

@@ -71,6 +71,8 @@ class NodeSpec:
         host: the address that port binds to (keep loopback).
         budget_epsilon: the device's lifetime budget at its unit (``None``: the SDK's default).
         model_dir: a local Hugging Face model directory instead of the bundled MiniLM.
+        encoder: the registered encoder (node config key ``encoder``; ``None``: the SDK's
+            default); it must be the run's.
         min_cohort: the smallest secure-aggregation cohort the device adds a noise share to
             (``None``: the SDK's default, :data:`client.policy.DEFAULT_MIN_COHORT`; a
             deployment of fewer devices must lower it explicitly).
@@ -85,6 +87,7 @@ class NodeSpec:
     host: str = "127.0.0.1"
     budget_epsilon: float | None = None
     model_dir: str | None = None
+    encoder: str | None = None
     min_cohort: int | None = None
     delta: float | None = None
     unit: str | None = None
@@ -105,6 +108,8 @@ class NodeSpec:
             values["budget-epsilon"] = float(self.budget_epsilon)
         if self.model_dir is not None:
             values["model-dir"] = str(Path(self.model_dir).resolve())
+        if self.encoder is not None:
+            values["encoder"] = str(self.encoder)
         if self.min_cohort is not None:
             values["min-cohort"] = int(self.min_cohort)
         if self.delta is not None:

@@ -184,7 +184,9 @@ class InterestProfile:
         if self.hierarchy.projection_fingerprint != self.projection.fingerprint:
             raise ConfigError(
                 f"the hierarchy lives in projection {self.hierarchy.projection_fingerprint!r}, "
-                f"not {self.projection.fingerprint!r}."
+                f"not {self.projection.fingerprint!r} (encoder {self.projection.encoder_id!r}, "
+                f"seed {self.projection.seed}): use the run's encoder (--encoder) and projection "
+                "seed."
             )
         self.leaf_ids, self.leaf_c = self.hierarchy.centroids(2)
         if not self.leaf_ids:
@@ -210,6 +212,7 @@ class InterestProfile:
         hierarchy: Hierarchy,
         *,
         encoder_dim: int = 384,
+        encoder_id: str = "",
         projection_seed: int | None = None,
         adapter: AdapterWeights | None = None,
         config: ProfileConfig | None = None,
@@ -222,6 +225,7 @@ class InterestProfile:
             encoder_dim,
             hierarchy.dim,
             projection_seed if projection_seed is not None else DEFAULT_SEED,
+            encoder_id,
         )
         return cls(hierarchy, proj, adapter, config or ProfileConfig())
 
@@ -451,6 +455,7 @@ def calibrate_scoring(
     adapter: AdapterWeights | None = None,
     config: ProfileConfig | None = None,
     projection_seed: int | None = None,
+    encoder_id: str = "",
     rng: np.random.Generator,
     holdout: float = 0.2,
     negatives: int = 100,
@@ -511,6 +516,7 @@ def calibrate_scoring(
     prof = InterestProfile.for_hierarchy(
         hierarchy,
         encoder_dim=int(np.asarray(raw_vectors).shape[1]),
+        encoder_id=encoder_id,
         projection_seed=projection_seed,
         adapter=adapter,
         config=cfg,
@@ -604,6 +610,7 @@ def device_profile(
     prof = InterestProfile.for_hierarchy(
         hierarchy,
         encoder_dim=encoder.dim,
+        encoder_id=encoder.model_id,
         projection_seed=projection_seed,
         adapter=adapter,
         config=config,

@@ -177,7 +177,7 @@ def release_round(
     """
     if budget is None and not params.non_private:
         raise ReleaseRefusedError("a DP release needs the device's privacy budget.")
-    projection = public_projection(params, encoder.dim)
+    projection = public_projection(params, encoder.dim, encoder.model_id)
     c = checked_centroids(params, centroids)
     key = release_key(params)
 
@@ -217,14 +217,20 @@ def release_round(
     )
 
 
-def public_projection(params: ReleaseParams, encoder_dim: int) -> PublicProjection:
-    """The round's public projection, refused when its fingerprint differs from the server's
-    (the device and the server would not be in the same space)."""
-    projection = PublicProjection(encoder_dim, params.projection_dim, params.projection_seed)
+def public_projection(params: ReleaseParams, encoder_dim: int, encoder_id: str) -> PublicProjection:
+    """The round's public projection, refused when its fingerprint differs from the server's:
+    another encoder (the fingerprint covers its id) or another projection would put the
+    device and the server in different spaces."""
+    projection = PublicProjection(
+        encoder_dim, params.projection_dim, params.projection_seed, encoder_id
+    )
     if projection.fingerprint != params.projection_fingerprint:
         raise ReleaseRefusedError(
             f"the server's projection fingerprint {params.projection_fingerprint!r} differs from "
-            f"this device's {projection.fingerprint!r} for seed {params.projection_seed}; refusing to release."
+            f"this device's {projection.fingerprint!r} (encoder {encoder_id!r}, {encoder_dim}-d, "
+            f"seed {params.projection_seed}): the run uses another encoder or projection; "
+            "refusing to release.",
+            RefusalCode.ENCODER,
         )
     return projection
 
@@ -391,7 +397,7 @@ def histogram_release(
     sensitivity sqrt(2), user-level sensitivity 1.
     """
     _check_task(params, ReleaseTask.HISTOGRAM)
-    projection = public_projection(params, encoder.dim)
+    projection = public_projection(params, encoder.dim, encoder.model_id)
     g = checked_groups(params, group_centroids, top_k)
     key = release_key(params)
 

@@ -296,7 +296,9 @@ class ShardDevices:
 
     def _text_vectors(self, params: RoundConfig) -> npt.NDArray[np.float32]:
         """The shard's texts in the round's public space (each distinct text once)."""
-        projection = public_projection(params, int(self.data.embeddings.shape[1]))
+        projection = public_projection(
+            params, int(self.data.embeddings.shape[1]), self.data.model_id
+        )
         fp = projection.fingerprint
         if fp not in self._vectors:
             self._vectors = {fp: projection(self.data.embeddings)}

@@ -65,11 +65,16 @@ class PublicProjection:
         input_dim: the encoder dimension (384 for MiniLM).
         output_dim: the released dimension ``d``.
         seed: public seed; part of the run configuration.
+        encoder_id: the encoder whose vectors it projects (``TextEncoder.model_id``: name,
+            version and a digest of the weights). It enters :attr:`fingerprint`, so a device
+            with another encoder (even one of the same dimension) fails the fingerprint check
+            and refuses; ``""`` leaves it out (vectors of unknown origin, tests).
     """
 
     input_dim: int = 384
     output_dim: int = DEFAULT_OUTPUT_DIM
     seed: int = DEFAULT_SEED
+    encoder_id: str = ""
     _w: npt.NDArray[np.float32] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -81,6 +86,8 @@ class PublicProjection:
             )
         if not (isinstance(self.seed, int) and 0 <= self.seed < 2**63):
             raise ConfigError(f"`seed` must be an int in [0, 2**63). Found {self.seed!r}.")
+        if not isinstance(self.encoder_id, str):
+            raise ConfigError(f"`encoder_id` must be a string. Found {self.encoder_id!r}.")
         object.__setattr__(self, "_w", _matrix(self.seed, self.input_dim, self.output_dim))
 
     @property
@@ -90,9 +97,13 @@ class PublicProjection:
 
     @property
     def fingerprint(self) -> str:
-        """A short hash of the matrix (rounded to 1e-4, robust to BLAS rounding)."""
+        """A short hash of the matrix (rounded to 1e-4, robust to BLAS rounding) and of
+        :attr:`encoder_id` when set."""
         q = np.round(self._w.astype(np.float64) * 1e4).astype(np.int64)
-        return hashlib.sha256(q.tobytes()).hexdigest()[:16]
+        h = hashlib.sha256(q.tobytes())
+        if self.encoder_id:
+            h.update(b"\0encoder:" + self.encoder_id.encode("utf-8"))
+        return h.hexdigest()[:16]
 
     def __call__(self, x: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
         """Projects and re-normalises.

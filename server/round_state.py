@@ -112,7 +112,9 @@ class ServerConfig:
                 raw label vectors, or a budget the adapter alone already spends.
         """
         c = run.clustering
-        projection = PublicProjection(labels.encoder_dim, c.projection_dim, c.projection_seed)
+        projection = PublicProjection(
+            labels.encoder_dim, c.projection_dim, c.projection_seed, labels.encoder_id
+        )
         if (
             labels.projection_fingerprint
             and labels.projection_fingerprint != projection.fingerprint

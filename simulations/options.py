@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from client.encoder_registry import DEFAULT_ENCODER
 from client.policy import DEFAULT_MIN_COHORT, DevicePolicy
 from common.config import RunConfig
 from common.events import Event
@@ -82,6 +83,8 @@ class SimulateOptions:
         workers: shard nodes of the batched engine (default: one per CPU).
         eval_users: the metrics are computed on a seeded sample of this many users when the
             population is larger (batched engine).
+        encoder: the registered encoder every device and the server use
+            (:data:`client.encoder_registry.ENCODERS`).
     """
 
     dataset: str = "synthetic"
@@ -106,6 +109,7 @@ class SimulateOptions:
     engine: Engine = Engine.BATCHED
     workers: int | None = None
     eval_users: int = DEFAULT_EVAL_USERS
+    encoder: str = DEFAULT_ENCODER
 
 
 def simulated_device_policy(run: RunConfig, population: int) -> DevicePolicy:

@@ -74,6 +74,7 @@ class ProfileSide:
     adapter: AdapterWeights | None
     popularity: dict[str, float] | None
     popularity_noise_std: float = 0.0
+    encoder_id: str = ""
 
     def profile(
         self,
@@ -81,7 +82,13 @@ class ProfileSide:
         raw: npt.NDArray[np.float32],
         config: ProfileConfig | None = None,
     ) -> InterestProfile:
-        p = InterestProfile.for_hierarchy(self.hierarchy, adapter=self.adapter, config=config)
+        p = InterestProfile.for_hierarchy(
+            self.hierarchy,
+            encoder_dim=int(raw.shape[1]),
+            encoder_id=self.encoder_id,
+            adapter=self.adapter,
+            config=config,
+        )
         p.add(events, raw)
         return p
 
@@ -141,6 +148,7 @@ def ranking_eval(
                 item_raw,
                 prior=prior,
                 adapter=side.adapter,
+                encoder_id=side.encoder_id,
                 rng=calib_rng,
             )
             methods[side.name] = side.profile(train[uid], tr_raw, config).score(
@@ -241,7 +249,7 @@ def drift_lags(
         new_roots = {leaf.split(" > ")[0] for leaf, _ in u.interests_after}
         evs = sorted(events_by_user.get(u.user_id, []), key=lambda e: (e.timestamp, e.event_id))
         raw = vectors([e.text for e in evs])
-        prof = InterestProfile.for_hierarchy(side.hierarchy, adapter=side.adapter, config=config)
+        prof = side.profile([], raw[:0], config)
         before = [i for i, e in enumerate(evs) if e.timestamp < u.drift_at]
         if before:
             prof.add([evs[i] for i in before], raw[before])

@@ -22,6 +22,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from client.encoder_registry import DEFAULT_ENCODER
 from common.config import RunConfig
 from common.errors import ConfigError
 from common.jsonio import atomic_write_text, json_safe
@@ -166,6 +167,7 @@ def write_config(
         "engine": opts.engine.value,
         "workers": opts.workers,
         "eval_users": opts.eval_users,
+        "encoder": opts.encoder,
     }
     atomic_write_text(out / "config.json", json.dumps(json_safe(doc), indent=1, default=str) + "\n")
 
@@ -243,5 +245,6 @@ def _options_from_config(cfg: dict[str, Any], d: Path, over: dict[str, Any]) -> 
         engine=Engine(cfg.get("engine", Engine.DEVICES.value)),
         workers=None if cfg.get("workers") is None else int(cfg["workers"]),
         eval_users=int(cfg.get("eval_users", DEFAULT_EVAL_USERS)),
+        encoder=str(cfg.get("encoder", DEFAULT_ENCODER)),
     )
     return replace(base, **over)

@@ -217,8 +217,14 @@ def profile_metrics(
         Counter(e.item_id for evs in train.values() for e in evs if e.item_id)
     )
     dp_pop, dp_noise = dp_popularity(out_dir)
-    fed = ProfileSide("federated", h, adapter, dp_pop, dp_noise)
-    cen = ProfileSide("centralized", central, None, train_pop if dp_pop is not None else None)
+    fed = ProfileSide("federated", h, adapter, dp_pop, dp_noise, encoder.model_id)
+    cen = ProfileSide(
+        "centralized",
+        central,
+        None,
+        train_pop if dp_pop is not None else None,
+        encoder_id=encoder.model_id,
+    )
     out: dict[str, Any] = {}
     if bundle.items and any(test.values()):
         out["ranking"] = ranking_eval(

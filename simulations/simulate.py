@@ -30,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from client.encoder import EncoderConfig, MiniLMEncoder, TextEncoder, encode_cached
+from client.encoder import TextEncoder, encode_cached
+from client.encoder_registry import make_encoder
 from client.policy import DevicePolicy
 from client.store import EmbeddingCache, EventStore
 from common.config import RunConfig
@@ -82,6 +83,26 @@ def embed_labels(
     )
 
 
+def _embed(
+    opts: SimulateOptions, vocabulary: Vocabulary, texts: set[str], say: Callable[[str], None]
+) -> tuple[TextEncoder, EmbeddingCache, PublicProjection, LabelSpace, float]:
+    """The run's encoder, cache and projection (its fingerprint covers the encoder), with
+    ``texts`` and the vocabulary's labels embedded into the cache; and the seconds that took."""
+    run = opts.run
+    encoder = make_encoder(opts.encoder, num_threads=os.cpu_count() or 1)
+    cache = EmbeddingCache.open(opts.cache or default_cache_path())
+    projection = PublicProjection(
+        encoder.dim, run.clustering.projection_dim, run.clustering.projection_seed, encoder.model_id
+    )
+    todo = sorted(texts | {lab.text for lab in vocabulary.labels})
+    missing = len(todo) - len(cache.get(encoder.model_id, _hashes(todo)))
+    say(f"embedding {missing} new texts ({len(todo) - missing} cached) with {encoder.model_id}")
+    t_enc = time.perf_counter()
+    encode_cached(encoder, cache, todo, progress=_bar(missing, "encode") if missing else None)
+    seconds = time.perf_counter() - t_enc
+    return encoder, cache, projection, embed_labels(vocabulary, encoder, cache, projection), seconds
+
+
 def _prepare_stores(
     run_dir: Path, parts: dict[str, list[Event]], encoder: TextEncoder, cache: EmbeddingCache
 ) -> list[Path]:
@@ -126,6 +147,7 @@ def _settings_resolver(
     noise_seed: int | None,
     overrides: dict[int, float],
     policy: DevicePolicy,
+    encoder: str,
 ) -> Callable[[Any], Any]:
     from client.app import DeviceSettings
 
@@ -138,6 +160,7 @@ def _settings_resolver(
             budget_epsilon=eps,
             allow_no_dp=allow_no_dp,
             noise_seed=seed,
+            encoder=encoder,
             policy=policy,
         )
 
@@ -156,6 +179,7 @@ class _DeviceRecipe:
     overrides: tuple[tuple[int, float], ...]
     mods: tuple[Any, ...]
     policy: DevicePolicy
+    encoder: str
     shards: bool = False
 
 
@@ -195,6 +219,7 @@ def _client_app(recipe: _DeviceRecipe) -> Any:
                     recipe.noise_seed,
                     dict(recipe.overrides),
                     recipe.policy,
+                    recipe.encoder,
                 ),
                 mods=[speedups_mod, *recipe.mods],
             )
@@ -362,23 +387,8 @@ def _simulate_into(
         f"({len(held)} held out), {len(bundle.items)} catalogue items"
     )
 
-    encoder = MiniLMEncoder(EncoderConfig(num_threads=os.cpu_count() or 1))
-    cache = EmbeddingCache.open(opts.cache or default_cache_path())
-    projection = PublicProjection(
-        encoder.dim, run.clustering.projection_dim, run.clustering.projection_seed
-    )
-    texts = sorted(
-        {e.text for e in events}
-        | {e.text for e in held}
-        | set(bundle.catalogue)
-        | {lab.text for lab in vocabulary.labels}
-    )
-    missing = len(texts) - len(cache.get(encoder.model_id, _hashes(texts)))
-    say(f"embedding {missing} new texts ({len(texts) - missing} cached)")
-    t_enc = time.perf_counter()
-    encode_cached(encoder, cache, texts, progress=_bar(missing, "encode") if missing else None)
-    encode_seconds = time.perf_counter() - t_enc
-    labels = embed_labels(vocabulary, encoder, cache, projection)
+    texts = {e.text for e in events} | {e.text for e in held} | set(bundle.catalogue)
+    encoder, cache, projection, labels, encode_seconds = _embed(opts, vocabulary, texts, say)
     if opts.resume:
         stores = sorted((out / "clients").glob("client-*.db"))
         if len(stores) != len(train):
@@ -459,20 +469,8 @@ def _simulate_batched_into(
         f"dataset {bundle.name}: {len(train_t)} training events of {n_users} users "
         f"({0 if test_t is None else len(test_t)} held out), {len(bundle.items)} catalogue items"
     )
-    encoder = MiniLMEncoder(EncoderConfig(num_threads=os.cpu_count() or 1))
-    cache = EmbeddingCache.open(opts.cache or default_cache_path())
-    projection = PublicProjection(
-        encoder.dim, run.clustering.projection_dim, run.clustering.projection_seed
-    )
-    texts = sorted(
-        set(table.texts) | set(bundle.catalogue) | {lab.text for lab in vocabulary.labels}
-    )
-    missing = len(texts) - len(cache.get(encoder.model_id, _hashes(texts)))
-    say(f"embedding {missing} new texts ({len(texts) - missing} cached)")
-    t_enc = time.perf_counter()
-    encode_cached(encoder, cache, texts, progress=_bar(missing, "encode") if missing else None)
-    encode_seconds = time.perf_counter() - t_enc
-    labels = embed_labels(vocabulary, encoder, cache, projection)
+    texts = set(table.texts) | set(bundle.catalogue)
+    encoder, cache, projection, labels, encode_seconds = _embed(opts, vocabulary, texts, say)
     workers = min(opts.workers or default_workers(), n_users)
     root = out / "clients"
     if opts.resume:
@@ -654,6 +652,7 @@ def _run_flower(
             overrides=tuple(sorted(opts.device_budgets.items())),
             mods=tuple(opts.client_mods),
             policy=simulated_device_policy(run, len(stores) if not shards else opts.clients),
+            encoder=opts.encoder,
             shards=shards,
         )
     )

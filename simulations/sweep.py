@@ -215,6 +215,20 @@ def _check_dataset(spec: str) -> None:
         d = Path(arg)
         needs = ("news.tsv", "behaviors.tsv")
         form = "mind:DIR"
+    elif kind in ("kuairec", "catalogue"):
+        from simulations.datasets.catalogue import default_kuairec_file
+
+        if kind == "catalogue" and not arg:
+            raise ConfigError(
+                f"`--dataset` catalogue:FILE must name a catalogue file. Found {spec!r}."
+            )
+        path = Path(arg) if arg else default_kuairec_file()
+        if not path.is_file():
+            raise ConfigError(
+                f"`--dataset` {kind} needs the catalogue file {str(path)!r}. Found {spec!r} "
+                "(no such file)."
+            )
+        return
     elif kind == "events":
         path = Path(arg)
         if not arg or not path.is_file():
@@ -229,7 +243,8 @@ def _check_dataset(spec: str) -> None:
         return
     else:
         raise ConfigError(
-            f"`--dataset` must be synthetic, movielens, mind:DIR or events:FILE. Found {spec!r}."
+            "`--dataset` must be synthetic, kuairec[:FILE], catalogue:FILE, movielens, "
+            f"mind:DIR or events:FILE. Found {spec!r}."
         )
     if kind == "mind" and not arg:
         raise ConfigError(

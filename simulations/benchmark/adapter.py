@@ -60,7 +60,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
     # one device's round with cached texts: release, then adapter step
     enc = MiniLMEncoder()
     cache = EmbeddingCache.open(default_cache_path())
-    proj = PublicProjection(384, 128)
+    proj = PublicProjection(384, 128, encoder_id=enc.model_id)
     vocab = default_vocabulary()
     seeds = proj(encode_cached(enc, cache, [lab.text for lab in vocab.leaves]))
     z = noise_multiplier_for_rounds(epsilon=2.0, delta=1e-5, rounds=5)

@@ -155,10 +155,11 @@ def run(quick: bool) -> list[dict[str, Any]]:
 
     warnings.filterwarnings("ignore")
     rng = np.random.default_rng(0)
+    enc = MiniLMEncoder(EncoderConfig(num_threads=1))  # a device core
     shared: dict[str, Any] = {
-        "enc": MiniLMEncoder(EncoderConfig(num_threads=1)),  # a device core
+        "enc": enc,
         "cache": EmbeddingCache.open(default_cache_path()),
-        "proj": PublicProjection(384, 128),
+        "proj": PublicProjection(384, 128, encoder_id=enc.model_id),
         "rng": rng,
         "centroids": normalize_rows(rng.normal(size=(256, 128)).astype(np.float32)),
         "neg": normalize_rows(rng.normal(size=(160, 384)).astype(np.float32)),

@@ -29,7 +29,7 @@ def main(argv: list[str]) -> int:
 
     store_path, z, train = argv[0], float(argv[1]), argv[2] == "1"
     enc = MiniLMEncoder()
-    proj = PublicProjection(384, 128)
+    proj = PublicProjection(384, 128, encoder_id=enc.model_id)
     rng = np.random.default_rng(0)
     centroids = normalize_rows(rng.normal(size=(256, 128)).astype(np.float32))
     with EventStore(store_path, create=False) as store:

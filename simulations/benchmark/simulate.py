@@ -39,7 +39,9 @@ def _centralized_seconds(clients: int, rounds: int, runs: int) -> float:
     run = RunConfig(rounds=rounds)
     enc = MiniLMEncoder()
     cache = EmbeddingCache.open(default_cache_path())
-    proj = PublicProjection(384, run.clustering.projection_dim, run.clustering.projection_seed)
+    proj = PublicProjection(
+        enc.dim, run.clustering.projection_dim, run.clustering.projection_seed, enc.model_id
+    )
 
     def once() -> float:
         t0 = time.perf_counter()

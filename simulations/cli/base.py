@@ -24,6 +24,7 @@ __all__ = [
     "CliError",
     "Parser",
     "UsageError",
+    "add_encoder_flag",
     "batch_size",
     "boundary",
     "default_of",
@@ -77,6 +78,26 @@ def default_of(cls: type, name: str) -> Any:
 
 
 # -- output -------------------------------------------------------------------------------------
+
+
+def add_encoder_flag(p: argparse.ArgumentParser, *, default: str | None = None) -> None:
+    """``--encoder`` (a registered encoder; ``default`` ``None`` leaves the run's or the
+    SDK's default to the caller) and ``--model-dir`` (minilm only)."""
+    from client.encoder_registry import DEFAULT_ENCODER, ENCODERS
+
+    p.add_argument(
+        "--encoder",
+        choices=list(ENCODERS),
+        default=default,
+        help="text encoder: "
+        + "; ".join(f"{k}: {v}" for k, v in ENCODERS.items())
+        + f" (default {default or DEFAULT_ENCODER})",
+    )
+    p.add_argument(
+        "--model-dir",
+        default=None,
+        help="minilm only: a local Hugging Face model directory (default: the bundled MiniLM)",
+    )
 
 
 def output_flags() -> Parser:

@@ -22,6 +22,7 @@ from typing import Any
 
 from common.deployment import OFFLINE_ENV, flower_env
 from common.errors import ConfigError
+from simulations.cli.base import add_encoder_flag
 
 __all__ = ["add_parser", "run"]
 
@@ -221,6 +222,7 @@ def _node_start(args: argparse.Namespace) -> int:
         private_key=Path(args.key),
         budget_epsilon=args.budget,
         model_dir=args.model_dir,
+        encoder=args.encoder,
         min_cohort=args.min_cohort,
         **({} if args.port is None else {"port": args.port}),
     )
@@ -398,10 +400,6 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         help="the smallest secure-aggregation cohort this device adds a noise share to "
         "(default 50 at user level; lower it only for a deployment of fewer devices)",
     )
-    st.add_argument(
-        "--model-dir",
-        default=None,
-        help="local Hugging Face model directory (default: bundled MiniLM)",
-    )
+    add_encoder_flag(st)
     st.add_argument("--print", action="store_true", help="print the command instead of running it")
     st.set_defaults(handler=run)

@@ -7,23 +7,24 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from simulations.cli.base import emit, positive_int
+from client.encoder_registry import DEFAULT_ENCODER
+from simulations.cli.base import add_encoder_flag, emit, positive_int
 
 __all__ = ["add_parser", "run"]
 
 
 def run(args: argparse.Namespace) -> int:
     """Runs ``labels``."""
-    from client.encoder import EncoderConfig, MiniLMEncoder
+    from client.encoder_registry import make_encoder
     from client.store import EmbeddingCache
     from common.projection import DEFAULT_SEED, PublicProjection
     from common.vocabulary import default_vocabulary, load_taxonomy_tsv
     from simulations.simulate import default_cache_path, embed_labels
 
     vocab = load_taxonomy_tsv(args.taxonomy) if args.taxonomy else default_vocabulary()
-    encoder = MiniLMEncoder(EncoderConfig(model_dir=args.model_dir))
+    encoder = make_encoder(args.encoder, model_dir=args.model_dir)
     seed = args.projection_seed if args.projection_seed is not None else DEFAULT_SEED
-    projection = PublicProjection(encoder.dim, args.dim, seed)
+    projection = PublicProjection(encoder.dim, args.dim, seed, encoder.model_id)
     cache = EmbeddingCache.open(args.cache or default_cache_path())
     labels = embed_labels(vocab, encoder, cache, projection)
     cache.close()
@@ -64,10 +65,6 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     lab.add_argument(
         "--projection-seed", type=int, default=None, help="projection seed (default: the project's)"
     )
-    lab.add_argument(
-        "--model-dir",
-        default=None,
-        help="local Hugging Face model directory (default: bundled MiniLM)",
-    )
+    add_encoder_flag(lab, default=DEFAULT_ENCODER)
     lab.add_argument("--cache", help="embedding cache file")
     lab.set_defaults(handler=run)

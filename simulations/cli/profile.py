@@ -11,9 +11,11 @@ import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from client.encoder_registry import DEFAULT_ENCODER
 from simulations.cli.base import (
     CliError,
     Parser,
+    add_encoder_flag,
     emit,
     existing_store,
     input_file,
@@ -61,7 +63,11 @@ def _context(args: argparse.Namespace) -> DeviceContext:
             else None
         )
         ctx = open_device_context(
-            args.store, hierarchy=h, adapter=adapter, model_dir=args.model_dir
+            args.store,
+            hierarchy=h,
+            adapter=adapter,
+            model_dir=args.model_dir,
+            encoder=args.encoder or DEFAULT_ENCODER,
         )
     if ctx.store.count() == 0:
         print(
@@ -231,9 +237,7 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     device_flags.add_argument(
         "--adapter", help="adapter.npz (default: the one the device last received)"
     )
-    device_flags.add_argument(
-        "--model-dir", default=None, help="local Hugging Face model directory"
-    )
+    add_encoder_flag(device_flags)
     device_flags.add_argument(
         "--projection-seed", type=int, default=None, help="the run's projection seed"
     )

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from client.encoder_registry import ENCODERS
 from common.config import (
     DEFAULT_USER_CLIPPING_NORM,
     AdapterConfig,
@@ -81,7 +82,15 @@ _PARTS: dict[str, type] = {
     "adapter": AdapterConfig,
 }
 #: SimulateOptions fields whose flags default to None: the dataclass's default applies
-_OPTION_FLAGS = ("dataset", "clients", "events_per_user", "engine", "workers", "eval_users")
+_OPTION_FLAGS = (
+    "dataset",
+    "clients",
+    "events_per_user",
+    "engine",
+    "workers",
+    "eval_users",
+    "encoder",
+)
 
 
 def run_config_from_args(args: argparse.Namespace, *, epsilon: float | None = None) -> RunConfig:
@@ -363,7 +372,9 @@ def add_run_settings(p: argparse.ArgumentParser, *, populations: bool = False) -
     p.add_argument(
         "--dataset",
         default=None,
-        help="synthetic (default), movielens, mind:DIR or events:FILE.jsonl",
+        help="synthetic (default); kuairec[:FILE] (the KuaiRec catalogue, Chinese, users "
+        "simulated over it); catalogue:FILE (any catalogue with item_id, text, category); "
+        "movielens; mind:DIR; events:FILE.jsonl",
     )
     p.add_argument(
         "--clients",
@@ -375,6 +386,14 @@ def add_run_settings(p: argparse.ArgumentParser, *, populations: bool = False) -
             if populations
             else f"virtual clients, one per user (default {o.clients})"
         ),
+    )
+    p.add_argument(
+        "--encoder",
+        choices=list(ENCODERS),
+        default=None,
+        help="the devices' and server's text encoder: "
+        + "; ".join(f"{k}: {v}" for k, v in ENCODERS.items())
+        + f" (default {o.encoder})",
     )
     p.add_argument(
         "--engine",

@@ -16,9 +16,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from client.encoder_registry import DEFAULT_ENCODER
 from simulations.cli.base import (
     CliError,
     UsageError,
+    add_encoder_flag,
     batch_size,
     emit,
     existing_store,
@@ -307,14 +309,19 @@ def _store_info(args: argparse.Namespace) -> int:
 
 def _encode(args: argparse.Namespace) -> int:
     from client.encoder import EncoderConfig, MiniLMEncoder, encode_cached
+    from client.encoder_registry import make_encoder
     from client.store import EventStore
 
     existing_store(args.store)
     t0 = time.perf_counter()
     with EventStore(args.store, create=False) as store:
         given = {} if args.batch_size is None else {"batch_size": args.batch_size}
-        encoder = MiniLMEncoder(
-            EncoderConfig(model_dir=args.model_dir, num_threads=args.threads, **given)
+        encoder = (
+            MiniLMEncoder(
+                EncoderConfig(model_dir=args.model_dir, num_threads=args.threads, **given)
+            )
+            if args.encoder == "minilm"
+            else make_encoder(args.encoder, num_threads=args.threads, model_dir=args.model_dir)
         )
         todo = store.texts_without_embedding(encoder.model_id)
         with progress_bar(len(todo), "encode", args, "text") as bar:
@@ -394,11 +401,7 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
 
     enc = sub.add_parser("encode", parents=parents, help="embed the store's texts into its cache")
     enc.add_argument("--store", required=True, help="the device's SQLite store")
-    enc.add_argument(
-        "--model-dir",
-        default=None,
-        help="local Hugging Face model directory (default: bundled MiniLM)",
-    )
+    add_encoder_flag(enc, default=DEFAULT_ENCODER)
     enc.add_argument(
         "--batch-size",
         type=positive_int,

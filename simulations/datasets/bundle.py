@@ -1,5 +1,7 @@
 """A dataset as a simulation uses it: events plus the public item catalogue, loaded from a
-spec (``synthetic``, ``movielens``, ``mind:DIR``, ``events:FILE``)."""
+spec (``synthetic``, ``kuairec[:FILE]``, ``catalogue:FILE``, ``movielens``, ``mind:DIR``,
+``events:FILE``). ``kuairec`` and ``catalogue:FILE`` simulate users over a real catalogue
+(:mod:`simulations.datasets.catalogue`) with the synthetic user model."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import numpy as np
 from common.errors import ConfigError
 from common.event_table import EventTable
 from common.events import Event, EventType
+from simulations.datasets.catalogue import Catalogue, load_catalogue
 from simulations.datasets.loaders import load_events, load_mind, load_movielens
 
 __all__ = ["DatasetBundle", "load_bundle", "load_population"]
@@ -47,15 +50,39 @@ def _sample_users(events: list[Event], clients: int, seed: int) -> list[Event]:
     return [e for e in events if e.user_id in keep]
 
 
-def load_bundle(spec: str, *, clients: int, seed: int, events_per_user: int = 60) -> DatasetBundle:
-    """Loads ``synthetic``, ``movielens``, ``mind:DIR`` or ``events:FILE``."""
+_SPECS = "synthetic, kuairec[:FILE], catalogue:FILE, movielens, mind:DIR or events:FILE"
+
+
+def _catalogue_of(spec: str) -> Catalogue | None:
+    """The catalogue a ``kuairec[:FILE]`` / ``catalogue:FILE`` spec names (``None`` for the
+    other specs)."""
     kind, _, arg = spec.partition(":")
-    if kind == "synthetic":
+    if kind == "kuairec":
+        return load_catalogue(arg or None)
+    if kind == "catalogue":
+        if not arg:
+            raise ConfigError("`--dataset catalogue:FILE` needs a catalogue file.")
+        return load_catalogue(arg)
+    return None
+
+
+def load_bundle(spec: str, *, clients: int, seed: int, events_per_user: int = 60) -> DatasetBundle:
+    """Loads ``synthetic``, ``kuairec[:FILE]``, ``catalogue:FILE``, ``movielens``,
+    ``mind:DIR`` or ``events:FILE``."""
+    kind, _, arg = spec.partition(":")
+    cat = _catalogue_of(spec)
+    if kind == "synthetic" or cat is not None:
         from simulations.datasets.synthetic import SyntheticConfig, generate
 
-        ds = generate(SyntheticConfig(users=clients, seed=seed, events_per_user=events_per_user))
+        ds = generate(
+            SyntheticConfig(users=clients, seed=seed, events_per_user=events_per_user),
+            catalogue=cat,
+        )
         return DatasetBundle(
-            "synthetic", ds.events, {it.item_id: it.text for it in ds.items}, truth=ds.users
+            kind if cat is None else cat.name,
+            ds.events,
+            {it.item_id: it.text for it in ds.items},
+            truth=ds.users,
         )
     if kind == "movielens":
         from simulations.datasets.loaders import movielens_items
@@ -89,9 +116,7 @@ def load_bundle(spec: str, *, clients: int, seed: int, events_per_user: int = 60
             if e.item_id is not None and e.event_type not in private:
                 items.setdefault(e.item_id, e.text)
         return DatasetBundle(f"events:{Path(arg).name}", events, items, rep.rejected)
-    raise ConfigError(
-        f"`--dataset` must be synthetic, movielens, mind:DIR or events:FILE. Found {spec!r}."
-    )
+    raise ConfigError(f"`--dataset` must be {_SPECS}. Found {spec!r}.")
 
 
 def load_population(
@@ -109,14 +134,19 @@ def load_population(
 
     from simulations.datasets.loaders import partition_by_user
 
-    if spec == "synthetic":
+    cat = _catalogue_of(spec)
+    if spec == "synthetic" or cat is not None:
         from simulations.datasets.synthetic import SyntheticConfig, generate_table
 
         syn = generate_table(
-            SyntheticConfig(users=clients, seed=seed, events_per_user=events_per_user)
+            SyntheticConfig(users=clients, seed=seed, events_per_user=events_per_user),
+            catalogue=cat,
         )
         bundle = DatasetBundle(
-            "synthetic", [], {it.item_id: it.text for it in syn.items}, truth=syn.users
+            "synthetic" if cat is None else cat.name,
+            [],
+            {it.item_id: it.text for it in syn.items},
+            truth=syn.users,
         )
         return syn.table.latest(max_events_per_client), bundle
     bundle = load_bundle(spec, clients=clients, seed=seed, events_per_user=events_per_user)

@@ -39,6 +39,7 @@ import numpy.typing as npt
 from common.errors import ConfigError
 from common.event_table import EVENT_TYPES, EventTable
 from common.events import Event, EventType
+from simulations.datasets.catalogue import Catalogue
 from simulations.datasets.synthetic_text import (
     SyntheticItem,
     make_catalogue,
@@ -202,7 +203,7 @@ class SyntheticDataset:
 
     @property
     def leaves(self) -> list[str]:
-        return list(LEAF_TERMS)
+        return list(dict.fromkeys(it.leaf for it in self.items)) or list(LEAF_TERMS)
 
     def truth(self) -> dict[str, Any]:
         return {
@@ -357,6 +358,12 @@ def _sorted_uniforms(
     return u
 
 
+def _root_index(leaves: list[str]) -> npt.NDArray[np.intp]:
+    """Each leaf's root, as an index into the distinct roots (in order of appearance)."""
+    roots: dict[str, int] = {}
+    return np.array([roots.setdefault(root_of(leaf), len(roots)) for leaf in leaves], np.intp)
+
+
 def _compact(codes: npt.NDArray[np.int32], size: int) -> tuple[list[int], npt.NDArray[np.int32]]:
     """The entries of a ``size``-long string table that ``codes`` use (in table order), and
     ``codes`` renumbered into them (-1 stays -1)."""
@@ -368,7 +375,10 @@ def _compact(codes: npt.NDArray[np.int32], size: int) -> tuple[list[int], npt.ND
 
 
 def generate_table(
-    config: SyntheticConfig | None = None, *, event_ids: bool = False
+    config: SyntheticConfig | None = None,
+    *,
+    event_ids: bool = False,
+    catalogue: Catalogue | None = None,
 ) -> SyntheticTable:
     """Generates the synthetic dataset for ``config`` as columns (deterministic in
     ``config.seed``); :func:`generate` returns the same events as objects.
@@ -386,25 +396,46 @@ def generate_table(
         event_ids: also store every event's id (:func:`event_id`). Off by default: at 100,000
             users the ids (~70 bytes each) would take more memory than all the columns; the
             table then derives ``"{user}-{j}"`` ids.
+        catalogue: simulate users over this public catalogue (items with a text and a
+            category path, :mod:`simulations.datasets.catalogue`) instead of the project's
+            taxonomy. The same user model, with three differences a catalogue imposes: a
+            leaf's popularity is its share of the catalogue's items (not a seeded Zipf
+            ranking); the item within a leaf follows Zipf(1) over the leaf's items in file
+            order (``rank = floor((n + 1)^u) - 1``, leaves differ in size); and there are no
+            searches or reviews (a catalogue has no private texts: their shares of the type
+            mix go to the other types pro rata). ``items_per_leaf`` is unused.
     """
     cfg = config if config is not None else SyntheticConfig()
     rng = np.random.default_rng(cfg.seed)
-    leaves = list(LEAF_TERMS)
-    roots = list(dict.fromkeys(root_of(leaf) for leaf in leaves))
-    leaf_root = np.array([roots.index(root_of(leaf)) for leaf in leaves], dtype=np.intp)
-    ranking = rng.permutation(len(leaves))
-    leaf_p = np.empty(len(leaves))
-    leaf_p[ranking] = _zipf_p(len(leaves), cfg.leaf_popularity_exponent)
-    catalogue = make_catalogue(rng, cfg.items_per_leaf)
-    searches = [t for leaf in leaves for t in search_pool(rng, leaf, SEARCHES_PER_LEAF)]
-    reviews = [t for leaf in leaves for t in review_pool(rng, leaf, REVIEWS_PER_LEAF)]
+    if catalogue is None:
+        leaves = list(LEAF_TERMS)
+        leaf_root = _root_index(leaves)
+        ranking = rng.permutation(len(leaves))
+        leaf_p = np.empty(len(leaves))
+        leaf_p[ranking] = _zipf_p(len(leaves), cfg.leaf_popularity_exponent)
+        items = make_catalogue(rng, cfg.items_per_leaf)
+        searches = [t for leaf in leaves for t in search_pool(rng, leaf, SEARCHES_PER_LEAF)]
+        reviews = [t for leaf in leaves for t in review_pool(rng, leaf, REVIEWS_PER_LEAF)]
+        type_mix = _TYPE_MIX
+    else:
+        leaves = catalogue.leaves
+        leaf_root = _root_index(leaves)
+        leaf_of = {leaf: i for i, leaf in enumerate(leaves)}
+        items = sorted(catalogue.items, key=lambda it: leaf_of[it.leaf])  # stable: file order
+        leaf_size = np.bincount([leaf_of[it.leaf] for it in items], minlength=len(leaves))
+        leaf_start = np.cumsum(leaf_size) - leaf_size
+        leaf_p = leaf_size / float(leaf_size.sum())
+        searches, reviews = [], []
+        private = (EventType.SEARCH, EventType.REVIEW)
+        type_mix = tuple((t, p) for t, p in _TYPE_MIX if t not in private)
     text_code: dict[str, int] = {}
     item_text, search_text, review_text = (
         np.array([text_code.setdefault(t, len(text_code)) for t in texts], dtype=np.int32)
-        for texts in ([it.text for it in catalogue], searches, reviews)
+        for texts in ([it.text for it in items], searches, reviews)
     )
-    search_text = search_text.reshape(len(leaves), SEARCHES_PER_LEAF)
-    review_text = review_text.reshape(len(leaves), REVIEWS_PER_LEAF)
+    if catalogue is None:
+        search_text = search_text.reshape(len(leaves), SEARCHES_PER_LEAF)
+        review_text = review_text.reshape(len(leaves), REVIEWS_PER_LEAF)
 
     # -- users --------------------------------------------------------------------------------
     n_users = cfg.users
@@ -432,25 +463,32 @@ def generate_table(
     leaf, on_interest = _draw_leaves(rng, cfg, leaf_p, row, mix)
     del row
 
-    type_p = np.array([p for _, p in _TYPE_MIX])
-    type_code = np.array([EVENT_TYPES.index(t) for t, _ in _TYPE_MIX], dtype=np.int8)
-    event_type = type_code[rng.choice(len(_TYPE_MIX), size=n_events, p=type_p / type_p.sum())]
-    ipl = cfg.items_per_leaf
-    rank = rng.choice(ipl, size=n_events, p=_zipf_p(ipl, 1.0)).astype(np.int32)
-    item = leaf.astype(np.int32) * ipl + rank
+    type_p = np.array([p for _, p in type_mix])
+    type_code = np.array([EVENT_TYPES.index(t) for t, _ in type_mix], dtype=np.int8)
+    event_type = type_code[rng.choice(len(type_mix), size=n_events, p=type_p / type_p.sum())]
+    if catalogue is None:
+        ipl = cfg.items_per_leaf
+        rank = rng.choice(ipl, size=n_events, p=_zipf_p(ipl, 1.0)).astype(np.int32)
+        item = leaf.astype(np.int32) * ipl + rank
+    else:
+        n_leaf = leaf_size[leaf]
+        rank = np.floor(np.exp(rng.random(n_events) * np.log(n_leaf + 1.0))).astype(np.int64) - 1
+        item = (leaf_start[leaf] + np.clip(rank, 0, n_leaf - 1)).astype(np.int32)
+        del n_leaf
     del rank
     text = item_text[item]
 
     def rows_of(etype: EventType) -> npt.NDArray[np.intp]:
         return np.flatnonzero(event_type == EVENT_TYPES.index(etype))
 
-    at = rows_of(EventType.SEARCH)
-    text[at] = search_text[leaf[at], rng.integers(SEARCHES_PER_LEAF, size=at.size)]
-    item[at] = -1
     value = np.full(n_events, np.nan, dtype=np.float64)
-    at = rows_of(EventType.REVIEW)
-    text[at] = review_text[leaf[at], rng.integers(REVIEWS_PER_LEAF, size=at.size)]
-    value[at] = rng.integers(0, 3, size=at.size) + np.where(on_interest[at], 3, 1)
+    if catalogue is None:
+        at = rows_of(EventType.SEARCH)
+        text[at] = search_text[leaf[at], rng.integers(SEARCHES_PER_LEAF, size=at.size)]
+        item[at] = -1
+        at = rows_of(EventType.REVIEW)
+        text[at] = review_text[leaf[at], rng.integers(REVIEWS_PER_LEAF, size=at.size)]
+        value[at] = rng.integers(0, 3, size=at.size) + np.where(on_interest[at], 3, 1)
     at = rows_of(EventType.RATE)
     stars = rng.normal(np.where(on_interest[at], 4.2, 2.8), 0.7)
     value[at] = np.clip(np.round(2 * stars) / 2, 0.5, 5.0)
@@ -472,13 +510,13 @@ def generate_table(
 
     kept_texts, text = _compact(text, len(text_code))
     all_texts = list(text_code)
-    kept_items, item = _compact(item, len(catalogue))
+    kept_items, item = _compact(item, len(items))
     kept_leaves, category = _compact(leaf.astype(np.int32), len(leaves))
     del leaf
     table = EventTable(
         users=uids,
         texts=[all_texts[i] for i in kept_texts],
-        items=[catalogue[i].item_id for i in kept_items],
+        items=[items[i].item_id for i in kept_items],
         categories=[leaves[i] for i in kept_leaves],
         user=user,
         timestamp=timestamp,
@@ -511,15 +549,18 @@ def generate_table(
         )
         for u, uid in enumerate(uids)
     ]
-    return SyntheticTable(cfg, table, truth, catalogue)
+    return SyntheticTable(cfg, table, truth, items)
 
 
-def generate(config: SyntheticConfig | None = None) -> SyntheticDataset:
+def generate(
+    config: SyntheticConfig | None = None, *, catalogue: Catalogue | None = None
+) -> SyntheticDataset:
     """Generates the synthetic dataset for ``config`` (deterministic in ``config.seed``): the
-    events of :func:`generate_table`, with their ids, as :class:`Event` objects sorted by
-    time (then id). For small populations: an :class:`Event` costs ~600 bytes."""
+    events of :func:`generate_table` (over ``catalogue`` when given), with their ids, as
+    :class:`Event` objects sorted by time (then id). For small populations: an
+    :class:`Event` costs ~600 bytes."""
     cfg = config if config is not None else SyntheticConfig()
-    syn = generate_table(cfg, event_ids=True)
+    syn = generate_table(cfg, event_ids=True, catalogue=catalogue)
     events = [e for evs in syn.table.user_events().values() for e in evs]
     events.sort(key=lambda e: (e.timestamp, e.event_id))
     return SyntheticDataset(cfg, events, syn.users, syn.items)

@@ -262,7 +262,10 @@ def _utility_per_version(
     dim, seed = clustering.get("projection_dim"), clustering.get("projection_seed")
     try:
         projection = PublicProjection(
-            raw.shape[1], 128 if dim is None else int(dim), 0 if seed is None else int(seed)
+            raw.shape[1],
+            128 if dim is None else int(dim),
+            0 if seed is None else int(seed),
+            model_id or "",
         )
     except ConfigError as err:
         raise ConfigError(f"{run_dir / 'config.json'}: `run.clustering`: {err}") from None
