@@ -786,10 +786,11 @@ _SWITCHES = {
 def test_recommend_on_an_empty_store_warns(tmp_path: Path) -> None:
     """A store with no events: recommend still ranks (exit 0) but says on stderr that every
     candidate scores alike, instead of printing zeros without a word."""
+    from client.encoder_registry import make_encoder
     from common.hierarchy import Hierarchy, Node
     from common.projection import DEFAULT_OUTPUT_DIM, DEFAULT_SEED, PublicProjection
 
-    proj = PublicProjection(384, DEFAULT_OUTPUT_DIM, DEFAULT_SEED)
+    proj = PublicProjection(384, DEFAULT_OUTPUT_DIM, DEFAULT_SEED, make_encoder("minilm").model_id)
     rng = np.random.default_rng(0)
     c = rng.normal(size=(3, DEFAULT_OUTPUT_DIM)).astype(np.float32)
     c /= np.linalg.norm(c, axis=1, keepdims=True)

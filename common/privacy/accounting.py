@@ -1,4 +1,9 @@
-"""Epsilon from ledger records, with Google's dp-accounting library.
+"""Epsilon from ledger records: closed forms where they exist, else Google's dp-accounting.
+
+A ledger of un-sampled Gaussian releases only (every device's, unless it trains the adapter)
+is composed in closed form (:mod:`common.privacy.closed_form`, equal to dp-accounting to
+~1e-10 and tested against it), so a device never imports dp-accounting and the scipy it pulls
+in; anything else goes through dp-accounting, imported on first use.
 
 Each :class:`~common.privacy.ledger.LedgerEntry` maps to a ``dp_accounting`` ``DpEvent``:
 
@@ -27,14 +32,14 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-
-import dp_accounting as dpa
-import numpy as np
-from dp_accounting.pld import pld_privacy_accountant
-from dp_accounting.rdp import rdp_privacy_accountant
+from typing import TYPE_CHECKING, Any
 
 from common.errors import BudgetExceededError, ConfigError
+from common.privacy.closed_form import analytic_gaussian_epsilon, gaussian_rdp_epsilon
 from common.privacy.ledger import LedgerEntry, Mechanism, Scope
+
+if TYPE_CHECKING:
+    import dp_accounting as dpa
 
 __all__ = [
     "Accountant",
@@ -62,7 +67,18 @@ _GAUSSIAN_KINDS = frozenset(
 )
 
 
+def _dp_accounting() -> Any:
+    # imported on first use: a device whose ledger has closed forms never loads it (nor the
+    # scipy.stats and scipy.signal it imports, ~80 MB)
+    import dp_accounting
+
+    return dp_accounting
+
+
 def _new_accountant(kind: Accountant) -> dpa.PrivacyAccountant:
+    from dp_accounting.pld import pld_privacy_accountant
+    from dp_accounting.rdp import rdp_privacy_accountant
+
     factories = {
         Accountant.PLD: lambda: pld_privacy_accountant.PLDAccountant(),
         Accountant.RDP: lambda: rdp_privacy_accountant.RdpAccountant(),
@@ -72,45 +88,40 @@ def _new_accountant(kind: Accountant) -> dpa.PrivacyAccountant:
 
 def to_dp_event(entry: LedgerEntry) -> dpa.DpEvent:
     """The dp-accounting event of one ledger record (unknown kinds raise)."""
+    lib = _dp_accounting()
     if entry.mechanism is Mechanism.NON_PRIVATE:
-        return dpa.NonPrivateDpEvent()
-    gaussian = dpa.GaussianDpEvent(entry.noise_multiplier)
+        return lib.NonPrivateDpEvent()
+    gaussian = lib.GaussianDpEvent(entry.noise_multiplier)
     if entry.mechanism in _GAUSSIAN_KINDS:
         if entry.sample_rate < 1.0:
-            inner: dpa.DpEvent = dpa.PoissonSampledDpEvent(entry.sample_rate, gaussian)
+            inner: dpa.DpEvent = lib.PoissonSampledDpEvent(entry.sample_rate, gaussian)
         else:
             inner = gaussian
     elif entry.mechanism is Mechanism.DPSGD:
-        inner = dpa.PoissonSampledDpEvent(entry.sample_rate, gaussian)
+        inner = lib.PoissonSampledDpEvent(entry.sample_rate, gaussian)
     else:  # pragma: no cover - Mechanism is closed; kept so a new kind cannot pass silently
         raise ConfigError(f"no accounting for mechanism {entry.mechanism!r}.")
-    return inner if entry.steps == 1 else dpa.SelfComposedDpEvent(inner, entry.steps)
-
-
-def _exact_gaussian_epsilon(z: float, delta: float) -> float:
-    """The tight epsilon of one Gaussian mechanism (Balle and Wang 2018, "Improving the
-    Gaussian mechanism for differential privacy", Thm. 8), as dp-accounting computes it
-    (``get_epsilon_gaussian``: the analytic condition solved in log space by Brent's method).
-    This is the limit the PLD accountant converges to, without its discretisation grid, whose
-    size explodes for ``z`` well below 1 (user-level sums)."""
-    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
-        return float(dpa.get_epsilon_gaussian(z, delta))
+    return inner if entry.steps == 1 else lib.SelfComposedDpEvent(inner, entry.steps)
 
 
 @lru_cache(maxsize=4096)
 def gaussian_epsilon(noise_multiplier: float, delta: float, accountant: str = "pld") -> float:
     """Epsilon of one Gaussian mechanism with multiplier ``z`` at ``delta``.
 
-    With ``"pld"`` the exact (tight) value is returned, which dp-accounting's PLD accountant
-    reproduces to ~1e-8 relative for ``z >= 0.05`` but takes seconds to minutes to compute for
-    small ``z``; with ``"rdp"`` dp-accounting's RDP accountant is used as is.
+    With ``"pld"`` the exact (tight) value (Balle and Wang 2018, Thm. 8;
+    :func:`~common.privacy.closed_form.analytic_gaussian_epsilon`, equal to dp-accounting's
+    ``get_epsilon_gaussian`` to ~1e-10): the limit the PLD accountant converges to, without
+    its discretisation grid, whose size explodes for ``z`` well below 1 (user-level sums).
+    With ``"rdp"`` the RDP bound over dp-accounting's default orders
+    (:func:`~common.privacy.closed_form.gaussian_rdp_epsilon`, equal to its RDP accountant).
     """
     kind = Accountant(accountant)
-    if kind is Accountant.PLD and noise_multiplier > 0:
-        return _exact_gaussian_epsilon(float(noise_multiplier), float(delta))
-    acc = _new_accountant(kind)
-    acc.compose(dpa.GaussianDpEvent(noise_multiplier))
-    return float(acc.get_epsilon(delta))
+    z = float(noise_multiplier)
+    if z <= 0:
+        return math.inf
+    if kind is Accountant.PLD:
+        return analytic_gaussian_epsilon(z, float(delta))
+    return gaussian_rdp_epsilon(1.0 / (z * z), float(delta))
 
 
 def _normalised(
@@ -152,10 +163,14 @@ def _epsilon_cached(
         return math.inf
     if len(summary) == 1 and summary[0][0] == "gaussian" and summary[0][3] == 1:
         return gaussian_epsilon(summary[0][1], delta, accountant)
+    if accountant == Accountant.RDP.value and all(s[0] == "gaussian" for s in summary):
+        # un-sampled Gaussians only: their RDP adds up in closed form
+        return gaussian_rdp_epsilon(sum(n / (z * z) for _, z, _, n in summary), delta)
+    lib = _dp_accounting()
     acc = _new_accountant(Accountant(accountant))
     for kind, z, q, steps in summary:
-        g = dpa.GaussianDpEvent(z)
-        ev: dpa.DpEvent = dpa.PoissonSampledDpEvent(q, g) if kind == "sampled" else g
+        g = lib.GaussianDpEvent(z)
+        ev: dpa.DpEvent = lib.PoissonSampledDpEvent(q, g) if kind == "sampled" else g
         acc.compose(ev, steps)
     return float(acc.get_epsilon(delta))
 

@@ -35,7 +35,7 @@ from client.release import release_round
 from client.store import EventStore
 from common.adapter import AdapterWeights
 from common.errors import ReleaseRefusedError
-from common.privacy import Scope, noise_multiplier_for_rounds
+from common.privacy import Scope
 from common.projection import DEFAULT_SEED, PublicProjection, normalize_rows
 from common.records import ReleaseMode
 from common.round_config import RoundConfig
@@ -48,7 +48,7 @@ rows = [
 ]
 enc = make_encoder("use-multilingual", num_threads=1)
 proj = PublicProjection(enc.dim, 128, DEFAULT_SEED, enc.model_id)
-z = noise_multiplier_for_rounds(epsilon=2.0, delta=1e-6, rounds=5)
+z = 5.0  # the server calibrates z; a device only accounts it
 cfg = RoundConfig.for_release(
     server_round=1, hierarchy_version=0, mode=ReleaseMode.LOCAL, noise_multiplier=z,
     sampled=100, min_cohort_fraction=0.5, clipping_norm=1.0, max_weight=1.0,
@@ -80,6 +80,8 @@ print(json.dumps({
     "finite": bool(np.isfinite(out.sums).all()), "epsilon": out.epsilon_spent,
     "ledger": ledger, "adapter": adapter,
     "imported": [m for m in ("torch", "transformers", "opacus") if m in sys.modules],
+    "mapped": enc.table_mapped_,
+    "heavy": [m for m in ("dp_accounting", "scipy.stats") if m in sys.modules],
     "peak_rss_mb": peak_kb / 1024,
 }))
 """
@@ -96,6 +98,8 @@ def test_edge_extra_installs_without_torch_and_releases(tmp_path: Path) -> None:
     # a non-editable install of this checkout with the edge extra, from the package index
     # (pip's cache makes a second run fast); nothing of the test's environment leaks in
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    # a fresh model cache: the device unpacks the encoder's table file in this round too
+    env["FEDINTEREST_MODEL_CACHE"] = str(tmp_path / "model-cache")
     done = _run(
         [py, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", f"{ROOT}[edge]"],
         env=env,
@@ -115,5 +119,7 @@ def test_edge_extra_installs_without_torch_and_releases(tmp_path: Path) -> None:
     assert 0 < got["epsilon"] <= 4.0
     assert got["ledger"] == 1
     assert got["adapter"] == "unsupported"
+    assert got["mapped"] and (tmp_path / "model-cache").is_dir()
+    assert got["heavy"] == [], got  # closed-form accounting: no dp-accounting, no scipy.stats
     assert got["peak_rss_mb"] < 200, got
     print(f"edge device: peak RSS {got['peak_rss_mb']:.0f} MB", file=sys.stderr)

@@ -99,3 +99,25 @@ def test_registry_names_and_fingerprints() -> None:
         make_encoder("word2vec")
     with pytest.raises(ConfigError, match="minilm encoder only"):
         make_encoder("use-multilingual", model_dir="/tmp")
+
+
+def test_use_multilingual_mapped_table_gives_the_same_vectors(tmp_path: Path) -> None:
+    """The memory-mapped embedding table (written once into the model cache) gives the
+    vectors of the package's own in-memory table, bit for bit; an unwritable cache falls
+    back to the in-memory table."""
+    from client.encoder_use import USEMultilingualEncoder
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FEDINTEREST_MODEL_CACHE", str(tmp_path / "models"))
+        mapped = USEMultilingualEncoder()
+        a = mapped.encode(TEXTS)
+        assert mapped.table_mapped_ and list((tmp_path / "models").glob("*-table.npy"))
+        blocked = tmp_path / "file"
+        blocked.write_text("not a directory", encoding="utf-8")
+        mp.setenv("FEDINTEREST_MODEL_CACHE", str(blocked))
+        fallback = USEMultilingualEncoder()
+        b = fallback.encode(TEXTS)
+        assert not fallback.table_mapped_
+    c = USEMultilingualEncoder(mapped_table=False).encode(TEXTS)
+    np.testing.assert_array_equal(a, c)
+    np.testing.assert_array_equal(b, c)

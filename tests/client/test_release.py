@@ -17,7 +17,7 @@ from client.release import (
     release_round,
 )
 from client.store import EventStore
-from common.errors import BudgetExceededError
+from common.errors import BudgetExceededError, RefusalCode
 from common.events import iter_records
 from common.privacy import PrivacyBudget, Scope, noise_multiplier_for_rounds
 from common.projection import PublicProjection, normalize_rows
@@ -47,7 +47,7 @@ class HashEncoder:
 
 
 def config(**over: object) -> dict[str, object]:
-    proj = PublicProjection(32, D, 11)
+    proj = PublicProjection(32, D, 11, HashEncoder.model_id)
     z = noise_multiplier_for_rounds(epsilon=2.0, delta=1e-5, rounds=5)
     cfg: dict[str, object] = {
         RoundKeys.SERVER_ROUND: 1,
@@ -194,6 +194,27 @@ def test_noise_present_and_scaled(tmp_path: Path, store: EventStore) -> None:
     sd = float(np.std(np.stack(draws)))
     assert sd == pytest.approx(z * 1.0 * 1.0, rel=0.05)
     assert RELEASE_WEIGHTING.half_life_days is None and math.isfinite(sd)
+
+
+def test_another_encoder_of_the_same_dimension_is_refused(store: EventStore) -> None:
+    """A run whose fingerprint covers another encoder (same dimension, same projection seed)
+    is refused with the encoder code, and nothing reaches the ledger."""
+
+    class OtherEncoder(HashEncoder):
+        model_id = "another-encoder:test"
+
+    p = ReleaseParams.from_config(config())
+    with pytest.raises(ReleaseRefusedError, match="another encoder") as err:
+        release_round(
+            store,
+            p,
+            centroids(),
+            encoder=OtherEncoder(),
+            budget=PrivacyBudget(2.0, 1e-5),
+            rng=np.random.default_rng(0),
+        )
+    assert err.value.code is RefusalCode.ENCODER
+    assert store.ledger() == []
 
 
 def test_projection_mismatch_is_refused(store: EventStore) -> None:

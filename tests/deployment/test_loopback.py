@@ -134,7 +134,7 @@ def _prepare_devices(tmp: Path, encoder: Any) -> tuple[list[Path], Path, Path]:
     labels.parent.mkdir(parents=True, exist_ok=True)
     cache = EmbeddingCache.open(tmp / "labels-cache.db")
     try:
-        projection = PublicProjection(encoder.dim, 128, DEFAULT_SEED)
+        projection = PublicProjection(encoder.dim, 128, DEFAULT_SEED, encoder.model_id)
         embed_labels(default_vocabulary(), encoder, cache, projection).save(labels)
     finally:
         cache.close()

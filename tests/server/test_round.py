@@ -56,7 +56,7 @@ def label_space() -> LabelSpace:
     for i, lab in enumerate(vocab.labels):
         raw[i] = 3.0 * np.eye(ENC)[ROOTS.index(lab.root)] + rng.normal(size=ENC)
     raw = normalize_rows(raw)
-    proj = PublicProjection(ENC, DIM, SEED)
+    proj = PublicProjection(ENC, DIM, SEED, "toy")
     return LabelSpace(vocab, proj(raw), "toy", ENC, proj.fingerprint, raw)
 
 

@@ -146,8 +146,11 @@ def test_labels_command_writes_a_label_space(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     ls = LabelSpace.load(tmp_path / "labels.npz")
     assert ls.vectors.shape == (len(ls.vocabulary.labels), 128) and len(ls.vocabulary.roots) == 24
-    assert ls.projection_fingerprint == PublicProjection(384, 128).fingerprint
     assert ls.encoder_id.startswith("all-MiniLM-L6-v2:")
+    assert (
+        ls.projection_fingerprint
+        == PublicProjection(384, 128, encoder_id=ls.encoder_id).fingerprint
+    )
 
 
 def test_run_flags_default_to_the_dataclasses() -> None:
