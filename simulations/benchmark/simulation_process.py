@@ -21,6 +21,7 @@ __all__ = ["main", "run_simulation", "simulate_child"]
 
 def simulate_child(spec: dict[str, Any]) -> dict[str, Any]:
     """Runs one simulation (in the fresh process :func:`run_simulation` starts)."""
+    from client.encoder_registry import DEFAULT_ENCODER
     from common.config import AnalyticsConfig, PrivacyConfig, RunConfig
     from simulations.options import DEFAULT_EVAL_USERS, Engine
     from simulations.simulate import SimulateOptions, simulate
@@ -37,6 +38,8 @@ def simulate_child(spec: dict[str, Any]) -> dict[str, Any]:
     taxonomy = Path(spec["taxonomy"]) if spec.get("taxonomy") else None
     m = simulate(
         SimulateOptions(
+            dataset=str(spec.get("dataset", "synthetic")),
+            encoder=str(spec.get("encoder", DEFAULT_ENCODER)),
             clients=int(spec["clients"]),
             out=Path(spec["out"]),
             run=run,
@@ -61,6 +64,8 @@ def simulate_child(spec: dict[str, Any]) -> dict[str, Any]:
         "evaluation",
         "epsilon_user_level_total",
         "epsilon_event_level_total",
+        "federated",
+        "centralized",
     )
     out = {k: m[k] for k in keep if k in m}
     out["rounds"] = [

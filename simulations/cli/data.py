@@ -23,7 +23,12 @@ def _synth(args: argparse.Namespace) -> int:
         events_per_user=args.events_per_user,
         drift_share=args.drift_share,
     )
-    ds = generate(cfg)
+    catalogue = None
+    if args.catalogue is not None:
+        from simulations.datasets.catalogue import load_catalogue
+
+        catalogue = load_catalogue(None if args.catalogue == "kuairec" else args.catalogue)
+    ds = generate(cfg, catalogue=catalogue)
     n = write_jsonl(ds.events, args.out)
     if args.truth:
         Path(args.truth).parent.mkdir(parents=True, exist_ok=True)
@@ -37,6 +42,9 @@ def _synth(args: argparse.Namespace) -> int:
         "seed": cfg.seed,
         "drifting_users": sum(u.drift_at is not None for u in ds.users),
         "leaves": len(ds.leaves),
+        "catalogue": None
+        if catalogue is None
+        else {"name": catalogue.name, "items": len(catalogue.items), "dropped": catalogue.dropped},
         "seconds": round(time.perf_counter() - t0, 3),
     }
     emit(
@@ -45,6 +53,12 @@ def _synth(args: argparse.Namespace) -> int:
         lambda: print(
             f"wrote {n} events of {cfg.users} users (seed {cfg.seed}, "
             f"{payload['drifting_users']} drifting) to {args.out}"
+            + (
+                ""
+                if catalogue is None
+                else f" over catalogue {catalogue.name} ({len(catalogue.items)} items, "
+                f"{len(ds.leaves)} leaves; dropped {catalogue.dropped or 'none'})"
+            )
         ),
     )
     return 0
@@ -91,6 +105,13 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         "synth", parents=parents, help="write the synthetic dataset as JSON Lines"
     )
     synth.add_argument("--out", required=True, type=Path, help="output .jsonl file")
+    synth.add_argument(
+        "--catalogue",
+        default=None,
+        help="simulate users over this catalogue instead of the project's taxonomy: a JSONL, "
+        "CSV or TSV file with item_id, text, category (a path 'A > B'), or 'kuairec' for "
+        "../shared/data/kuairec-catalogue (Chinese captions, 3-level categories)",
+    )
     synth.add_argument(
         "--users",
         type=positive_int,

@@ -1,6 +1,8 @@
 """Loopback deployment: a real SuperLink and real SuperNodes on 127.0.0.1 with TLS and node
 authentication, the fedinterest app over SecAgg+, a node stopped mid-round, an unregistered
-node refused, and every process stopped by pid at the end.
+node refused, and every process stopped by pid at the end. The run uses the multilingual
+encoder; one node (sn2) runs from a fresh ``fedinterest[edge]`` virtualenv (no torch) and
+embeds its events during the round.
 
 One scenario (module fixture) runs everything and records what happened; the tests check the
 record. Set ``FEDINTEREST_DEPLOY_REPORT=/path.json`` to keep the measured timings and memory.
@@ -41,6 +43,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.deployment]
 BUDGET_S = float(os.environ.get("FEDINTEREST_DEPLOY_BUDGET_S", "330"))
 NODES = 3
 CONNECTION = "loopback"
+#: the node that runs from the torch-free ``edge`` install
+EDGE_NODE = 2
+ENCODER = "use-multilingual"
 #: FEDINTEREST_DEPLOY_DROPOUT=crash SIGKILLs the node (no deactivation: the SuperLink notices
 #: after two missed heartbeats, up to ~60 s more); default: the node is stopped (SIGTERM).
 CRASH = os.environ.get("FEDINTEREST_DEPLOY_DROPOUT", "stop") == "crash"
@@ -100,9 +105,10 @@ def _round_messages(log: Path, server_round: int) -> int:
 
 def _prepare_devices(tmp: Path, encoder: Any) -> tuple[list[Path], Path, Path]:
     """One store per device (one synthetic user each), filled and embedded as `fedinterest
-    ingest` + `fedinterest encode` do; the first device keeps its latest events back for an
-    ingest while its node runs. Plus the server's label file, as `fedinterest labels` writes
-    it (one encoder for all, to save the test a few model loads)."""
+    ingest` + `fedinterest encode` do (the edge node's store is not embedded: its device
+    embeds during the round); the first device keeps its latest events back for an ingest
+    while its node runs. Plus the server's label file, as `fedinterest labels` writes it (one
+    encoder for all, to save the test a few model loads)."""
     from client.encoder import encode_cached
     from client.store import EmbeddingCache, EventStore
     from common.events import read_jsonl
@@ -127,8 +133,9 @@ def _prepare_devices(tmp: Path, encoder: Any) -> tuple[list[Path], Path, Path]:
         store.parent.mkdir(parents=True, exist_ok=True)
         with EventStore(store) as st, open(src, "rb") as f:
             assert st.ingest(read_jsonl(f)).accepted == keep
-            todo = st.texts_without_embedding(encoder.model_id)
-            encode_cached(encoder, st.embeddings, [t for _, t in todo])
+            if i != EDGE_NODE:
+                todo = st.texts_without_embedding(encoder.model_id)
+                encode_cached(encoder, st.embeddings, [t for _, t in todo])
         stores.append(store)
     labels = tmp / "server" / "labels.npz"
     labels.parent.mkdir(parents=True, exist_ok=True)
@@ -141,7 +148,19 @@ def _prepare_devices(tmp: Path, encoder: Any) -> tuple[list[Path], Path, Path]:
     return stores, late, labels
 
 
-def _scenario(tmp: Path, book: ProcessBook, rec: dict[str, Any], encoder: Any) -> None:
+def _edge_node(cmd: list[str], env: dict[str, str], edge_bin: Path) -> list[str]:
+    """The same SuperNode command from the edge virtualenv: its ``flower-supernode``, and its
+    ``bin`` first on PATH (Flower starts ``flower-superexec`` and ``flwr-clientapp`` from
+    PATH), without the test's virtualenv."""
+    env["PATH"] = os.pathsep.join([str(edge_bin), env["PATH"]])
+    env.pop("VIRTUAL_ENV", None)
+    env.pop("PYTHONPATH", None)
+    return [str(edge_bin / "flower-supernode"), *cmd[1:]]
+
+
+def _scenario(
+    tmp: Path, book: ProcessBook, rec: dict[str, Any], encoder: Any, edge_bin: Path
+) -> None:
     t0 = time.monotonic()
     deadline = t0 + BUDGET_S
     times: dict[str, float] = rec["seconds"]
@@ -195,17 +214,15 @@ def _scenario(tmp: Path, book: ProcessBook, rec: dict[str, Any], encoder: Any) -
             port=node_ports[i - 1],
             # three devices: each accepts a secure sum of 2 (the default floor is 50)
             min_cohort=2,
+            encoder=ENCODER,
         )
         name = f"sn{i}" if i <= NODES else "unregistered"
-        nodes.append(
-            book.start(
-                name,
-                supernode_command(spec),
-                env=flower_env(tmp / "homes" / name),
-                log=tmp / "logs" / f"{name}.log",
-                cwd=tmp,
-            )
-        )
+        env = flower_env(tmp / "homes" / name)
+        env["FEDINTEREST_MODEL_CACHE"] = str(tmp / "model-cache" / name)
+        cmd = supernode_command(spec)
+        if i == EDGE_NODE:
+            cmd = _edge_node(cmd, env, edge_bin)
+        nodes.append(book.start(name, cmd, env=env, log=tmp / "logs" / f"{name}.log", cwd=tmp))
 
     overrides = run_overrides(
         run_dir=tmp / "server" / "run",
@@ -290,6 +307,15 @@ def _scenario(tmp: Path, book: ProcessBook, rec: dict[str, Any], encoder: Any) -
         k: round(v / 1024, 1) for k, v in book.root_peak_kb.items() if k.startswith("sn")
     }
     rec["superexec_peak_rss_mb"] = round(book.peak_kb("flower-superexec", "sn") / 1024, 1)
+    edge = f"sn{EDGE_NODE}"
+    rec["edge_clientapp_cmds"] = sorted(
+        {
+            s.cmd.split()[0]
+            for s in book.seen.values()
+            if s.name == edge and "flwr-clientapp" in s.cmd
+        }
+    )
+    rec["edge_clientapp_peak_rss_mb"] = round(book.peak_kb("flwr-clientapp", edge) / 1024, 1)
     rec["node_tree_peak_rss_mb"] = {
         k: round(v / 1024, 1) for k, v in book.tree_rss_peak_kb.items() if k.startswith("sn")
     }
@@ -303,15 +329,18 @@ def _count(store: Path) -> int:
 
 
 @pytest.fixture(scope="module")
-def loopback(tmp_path_factory: pytest.TempPathFactory, encoder: Any) -> Iterator[dict[str, Any]]:
+def loopback(tmp_path_factory: pytest.TempPathFactory, edge_venv: Path) -> Iterator[dict[str, Any]]:
     """Runs the scenario; whatever happens, stops every process it started (by pid)."""
+    from client.encoder_registry import make_encoder
+
+    encoder = make_encoder(ENCODER)
     tmp = tmp_path_factory.mktemp("loopback")
     book = ProcessBook()
     book.watch()
     rec: dict[str, Any] = {"seconds": {}, "tmp": tmp}
     t0 = time.monotonic()
     try:
-        _scenario(tmp, book, rec, encoder)
+        _scenario(tmp, book, rec, encoder, edge_venv)
     finally:
         t_stop = time.monotonic()
         rec["left_behind"] = book.stop_all()
@@ -324,6 +353,7 @@ def loopback(tmp_path_factory: pytest.TempPathFactory, encoder: Any) -> Iterator
                 for k, v in rec.items()
                 if k in ("seconds", "round_seconds", "clientapp_peak_rss_mb",
                          "clientapp_peak_rss_mb_per_node", "node_tree_peak_rss_mb",
+                         "edge_clientapp_peak_rss_mb", "edge_clientapp_cmds",
                          "supernode_peak_rss_mb", "superexec_peak_rss_mb",
                          "clientapp_processes", "run_status", "left_behind")
             }  # fmt: skip
@@ -408,3 +438,21 @@ def test_no_process_left_behind(loopback: dict[str, Any]) -> None:
     """Every process the test started, and every one Flower spawned under them, is gone."""
     assert loopback["left_behind"] == []
     assert loopback["clientapp_processes"] >= 3 * 4  # one per SecAgg+ stage and node
+
+
+def test_edge_node_runs_without_torch_within_200_mb(loopback: dict[str, Any]) -> None:
+    """The node installed with ``fedinterest[edge]`` ran its ClientApps from that install
+    (no torch, transformers or opacus there: tests/client/test_edge_install.py), embedded its
+    events with the multilingual encoder during the round, released in both rounds, and no
+    ClientApp process of it went above 200 MB peak RSS."""
+    cmds = loopback["edge_clientapp_cmds"]
+    assert cmds and all("/edge" in c for c in cmds), cmds
+    store = loopback["stores"][EDGE_NODE - 1]
+    from client.encoder_registry import make_encoder
+    from client.store import EventStore
+
+    with EventStore(store, create=False) as st:
+        assert st.embeddings.count(make_encoder(ENCODER).model_id) > 0
+        assert sorted({e.server_round for e in st.ledger()}) == [1, 2]
+    peak = loopback["edge_clientapp_peak_rss_mb"]
+    assert 0 < peak < 200, peak
