@@ -9,8 +9,8 @@ Thai, Turkish, and the two Chinese scripts), 512-d unit vectors. No torch, no tr
 the encoder of the ``edge`` install.
 
 Memory: the model's token-embedding table (17 x 7,530 pieces x 512 bytes, 65 MB of uint8) is
-memory-mapped from a file written once into the model cache (``$FEDINTEREST_MODEL_CACHE``,
-else ``$XDG_CACHE_HOME/fedinterest`` or ``~/.cache/fedinterest``) instead of being unpacked
+memory-mapped from a file written once into the model cache (:func:`model_cache_dir`:
+``$FEDINTEREST_MODEL_CACHE``, else the embedding cache's directory) instead of being unpacked
 into memory by every process: only the rows of the pieces a device's texts use become
 resident (a device round then peaks ~65 MB lower). Where the cache cannot be written, the
 table is unpacked in memory as the package does. Either way the vectors are identical (a test
@@ -51,11 +51,13 @@ def _package() -> Any:
 
 
 def model_cache_dir() -> Path:
-    """Where unpacked model files live: ``$FEDINTEREST_MODEL_CACHE``, else
-    ``$XDG_CACHE_HOME/fedinterest``, else ``~/.cache/fedinterest``."""
-    env = os.environ.get("FEDINTEREST_MODEL_CACHE")
-    if env:
-        return Path(env)
+    """Where unpacked model files live: ``$FEDINTEREST_MODEL_CACHE``, else the embedding
+    cache's directory (``$FEDINTEREST_CACHE``, else ``$XDG_CACHE_HOME/fedinterest``, else
+    ``~/.cache/fedinterest``)."""
+    for key in ("FEDINTEREST_MODEL_CACHE", "FEDINTEREST_CACHE"):
+        env = os.environ.get(key)
+        if env:
+            return Path(env)
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fedinterest"
 
 

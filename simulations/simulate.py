@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from client.encoder import TextEncoder, encode_cached
-from client.encoder_registry import make_encoder
+from client.encoder_registry import DEFAULT_ENCODER, make_encoder
 from client.policy import DevicePolicy
 from client.store import EmbeddingCache, EventStore
 from common.config import RunConfig
@@ -179,7 +179,7 @@ class _DeviceRecipe:
     overrides: tuple[tuple[int, float], ...]
     mods: tuple[Any, ...]
     policy: DevicePolicy
-    encoder: str
+    encoder: str = DEFAULT_ENCODER
     shards: bool = False
 
 

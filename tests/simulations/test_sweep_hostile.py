@@ -71,11 +71,13 @@ def _events_dir(tmp: Path) -> str:
         (
             lambda _t: "nonsense",
             [
-                "`--dataset` must be synthetic, movielens, mind:DIR or events:FILE. "
-                "Found 'nonsense'."
+                "`--dataset` must be synthetic, kuairec[:FILE], catalogue:FILE, movielens, "
+                "mind:DIR or events:FILE. Found 'nonsense'."
             ],
         ),
         (lambda _t: "events:", ["`--dataset`", "'events:'", "no file name"]),
+        (lambda _t: "catalogue:", ["`--dataset`", "catalogue:FILE", "'catalogue:'"]),
+        (lambda t: f"kuairec:{t / 'none.csv'}", ["`--dataset`", "kuairec", "no such file"]),
         (lambda t: f"events:{t / 'missing.jsonl'}", ["`--dataset`", "no such file"]),
         (_events_dir, ["`--dataset`", "is a directory"]),
         (lambda _t: "mind:", ["`--dataset`", "'mind:'"]),
@@ -85,6 +87,8 @@ def _events_dir(tmp: Path) -> str:
     ids=[
         "unknown",
         "events-no-file",
+        "catalogue-no-file",
+        "kuairec-missing",
         "events-missing",
         "events-dir",
         "mind-no-dir",
