@@ -61,6 +61,8 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
 
 
 def _cell(v: Any) -> str:
+    if v is None:
+        return f"{'-':>19}"
     if isinstance(v, float):
         return f"{v:>19.3f}" if abs(v) < 100 else f"{v:>19.1f}"
     return f"{v:>19}"
@@ -91,13 +93,14 @@ def main(argv: list[str] | None = None) -> int:
         "platform": platform.platform(),
         "max_rss_mb_of_this_process": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
-    _print_table(rows)
     payload = {
         "quick": args.quick,
         "machine": machine,
         "seconds": time.perf_counter() - t0,
         "rows": rows,
     }
+    # the JSON first: a long run's measurements survive a table that fails to print
     args.out.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    _print_table(rows)
     print(f"\nwrote {args.out} ({payload['seconds']:.0f}s)")
     return 0
