@@ -4,7 +4,11 @@
   encoder and projection, the same release weights, spherical weighted k-means from the same
   public seeds, the same tree builder, no noise;
 - **catalogue** (no behaviour data at all): the distinct public item texts, unweighted,
-  k-means from the same seeds, the same tree builder.
+  k-means from the same seeds, the same tree builder;
+- **seed method** (the design this project started from, centralized, no noise, no
+  vocabulary): the pooled event embeddings, spherical k-means (k-means++ seeding) with k = the
+  federated tree's number of leaves, then agglomerative clustering (Ward) of the leaf
+  centroids into the federated tree's number of broad interests.
 
 Metrics (when events carry ground-truth ``category`` paths): items and events are assigned to
 the nearest leaf centroid; NMI and ARI per level against the ground-truth level of the same
@@ -24,8 +28,9 @@ import numpy.typing as npt
 
 from client.local_clustering import weighted_kmeans
 from common.events import Event
-from common.hierarchy import Hierarchy
+from common.hierarchy import Hierarchy, Node
 from common.metrics import adjusted_rand_index, dendrogram_purity, normalized_mutual_info
+from common.projection import normalize_rows
 from common.vocabulary import LabelSpace
 from server.hierarchy_builder import TreeConfig, build_hierarchy
 
@@ -37,6 +42,7 @@ __all__ = [
     "centralized_baseline",
     "clustering_metrics",
     "next_event_recall",
+    "seed_method_baseline",
 ]
 
 METRIC_KEYS = (
@@ -182,6 +188,52 @@ def catalogue_baseline(
         fingerprint=fingerprint,
         tree=tree,
         prefix="catalogue",
+    )
+
+
+def seed_method_baseline(
+    vectors: npt.NDArray[np.float32],
+    leaves: int,
+    broad: int,
+    *,
+    fingerprint: str,
+    seed: int = 0,
+) -> Hierarchy:
+    """The seed method's tree: k-means (k-means++ seeding, ``seed``) of the pooled vectors with
+    ``k = leaves``, Ward linkage of the leaf centroids cut into ``broad`` groups. Each
+    distinct vector is clustered once with its multiplicity as weight (the same optimum as
+    clustering every event, at the cost of the distinct texts)."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    x = np.asarray(vectors, dtype=np.float32)
+    uniq, inverse = np.unique(x, axis=0, return_inverse=True)
+    counts = np.bincount(inverse.reshape(-1), minlength=len(uniq)).astype(np.float64)
+    k = max(1, min(int(leaves), len(uniq)))
+    km = weighted_kmeans(uniq, counts, k, rng=np.random.default_rng(seed))
+    live = np.where(km.masses_ > 0)[0]
+    cents = normalize_rows(km.cluster_centers_[live])
+    mass = km.masses_[live] / float(km.masses_[live].sum())
+    b = max(1, min(int(broad), len(live)))
+    if b >= 2:
+        group = fcluster(linkage(cents.astype(np.float64), "ward"), t=b, criterion="maxclust")
+    else:
+        group = np.ones(len(live), dtype=np.int64)
+    nodes: dict[str, Node] = {}
+    group_ids = sorted({int(g) for g in group})
+    for g in group_ids:
+        members = np.flatnonzero(group == g)
+        gid = f"seed-g{g:03d}"
+        c = normalize_rows((cents[members] * mass[members, None]).sum(axis=0, keepdims=True))[0]
+        kids = tuple(f"seed-{int(i):04d}" for i in members)
+        nodes[gid] = Node(gid, 1, "root", kids, c, float(mass[members].sum()))
+        for i in members:
+            nodes[f"seed-{int(i):04d}"] = Node(
+                f"seed-{int(i):04d}", 2, gid, (), cents[i], float(mass[i])
+            )
+    root_c = normalize_rows((cents * mass[:, None]).sum(axis=0, keepdims=True))[0]
+    nodes["root"] = Node("root", 0, None, tuple(f"seed-g{g:03d}" for g in group_ids), root_c, 1.0)
+    return Hierarchy(
+        version=1, dim=int(x.shape[1]), projection_fingerprint=fingerprint, nodes=nodes
     )
 
 

@@ -34,6 +34,7 @@ from simulations.evaluation import (
     centralized_baseline,
     clustering_metrics,
     next_event_recall,
+    seed_method_baseline,
 )
 from simulations.options import SimulateOptions
 
@@ -169,14 +170,21 @@ def run_metrics(data: RunData, h: Hierarchy, summaries: list[RoundSummary]) -> d
                 cat_vecs, seeds, labels=labels, fingerprint=projection.fingerprint, tree=tree
             )
             results["catalogue"] = clustering_metrics(all_vec, catalogue, truth)
+        seed_tree = seed_method_baseline(
+            vectors,
+            len(h.level(2)),
+            len(h.level(1)),
+            fingerprint=projection.fingerprint,
+            seed=run.seed,
+        )
+        results["seed_method"] = clustering_metrics(all_vec, seed_tree, truth)
         out.update(results)
-        out["ratio"] = {
-            k: (results["federated"][k] / results["centralized"][k])
-            if results["centralized"].get(k)
-            else None
-            for k in METRIC_KEYS
-            if k in results["federated"]
-        }
+        for key, base in (("ratio", "centralized"), ("seed_method_ratio", "seed_method")):
+            out[key] = {
+                k: (results["federated"][k] / results[base][k]) if results[base].get(k) else None
+                for k in METRIC_KEYS
+                if k in results["federated"]
+            }
     out.update(
         profile_metrics(bundle, train, test, encoder, cache, h, central, adapter, out_dir, run.seed)
     )

@@ -237,6 +237,10 @@ def _warn_large_delta(delta: float, population: int) -> None:
         )
 
 
+def _or_nan(v: Any) -> float:
+    return float("nan") if v is None else float(v)
+
+
 def _print_run_summary(run_dir: Path, metrics: dict[str, Any]) -> None:
     from common.hierarchy import Hierarchy
 
@@ -248,12 +252,20 @@ def _print_run_summary(run_dir: Path, metrics: dict[str, Any]) -> None:
         more = f" +{len(node.children) - 6}" if len(node.children) > 6 else ""
         print(f"  {node.label:<22} {100 * node.weight:5.1f}%  {kids}{more}")
     if "federated" in metrics:
-        cols = [c for c in ("federated", "centralized", "catalogue") if c in metrics]
-        print("\n" + f"{'metric':<20}" + "".join(f"{c:>13}" for c in cols) + f"{'fed/central':>13}")
+        cols = [c for c in ("federated", "centralized", "catalogue", "seed_method") if c in metrics]
+        ratios = [("ratio", "fed/central"), ("seed_method_ratio", "fed/seed")]
+        ratios = [(k, name) for k, name in ratios if k in metrics]
+        print(
+            "\n"
+            + f"{'metric':<20}"
+            + "".join(f"{c.replace('_', ' '):>13}" for c in cols)
+            + "".join(f"{name:>13}" for _, name in ratios)
+        )
+        nan = float("nan")
         for key in metrics["federated"]:
-            row = "".join(f"{metrics[c].get(key, float('nan')):>13.3f}" for c in cols)
-            ratio = metrics["ratio"].get(key)
-            print(f"{key:<20}{row}{(ratio if ratio is not None else float('nan')):>13.3f}")
+            row = "".join(f"{metrics[c].get(key, nan):>13.3f}" for c in cols)
+            row += "".join(f"{_or_nan(metrics[k].get(key)):>13.3f}" for k, _ in ratios)
+            print(f"{key:<20}{row}")
     else:
         print("\n(no ground-truth categories in this dataset: clustering metrics omitted)")
     ranking = metrics.get("ranking") or {}

@@ -157,6 +157,8 @@ METRICS: Final = _obj(
         "centralized": _SCORES,
         "catalogue": _SCORES,
         "ratio": _SCORES,
+        "seed_method": _SCORES,
+        "seed_method_ratio": _SCORES,
         "ranking": _obj(
             {"popularity_prior": _ANY},
             each=_obj({"recall10": _NUM, "ndcg10": _NUM, "auc": _NUM}),

@@ -68,9 +68,9 @@ def test_secagg_simulation_end_to_end(tmp_path: Path, cache: Path) -> None:
     )
     # user level by default, integer noise under SecAgg+ (calibrated and composed with RDP)
     assert rounds[-1]["epsilon_user_level"] == pytest.approx(2.0, rel=0.01)
-    for key in ("federated", "centralized", "catalogue"):
+    for key in ("federated", "centralized", "catalogue", "seed_method"):
         assert set(metrics[key]) == set(METRIC_KEYS)
-    assert set(metrics["ratio"]) == set(METRIC_KEYS)
+    assert set(metrics["ratio"]) == set(METRIC_KEYS) == set(metrics["seed_method_ratio"])
     assert (
         metrics["mode"] == "secagg" and metrics["rounds_completed"] == 2 and metrics["clients"] == 6
     )
