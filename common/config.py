@@ -151,6 +151,12 @@ class ClusteringConfig:
         cut: level-1 cut criterion (``labels``, ``silhouette``, ``gap`` or ``fixed``).
         level1_k: the number of level-1 nodes with ``fixed``.
         label_weight: weight of the public label prior in the level-1 linkage (0 = off).
+        seeding: what seeds the first round's leaves: ``vocabulary`` (one leaf per leaf label
+            of the public vocabulary) or ``catalogue`` (spherical k-means++ then k-means on
+            the public catalogue's embeddings, ``seed_leaves`` of them; simulations only in
+            this version: :mod:`simulations.seeding`).
+        seed_leaves: the number of catalogue seeds (``None``: as many as the vocabulary has
+            leaf labels).
     """
 
     projection_dim: int = DEFAULT_OUTPUT_DIM
@@ -167,8 +173,21 @@ class ClusteringConfig:
     cut: str = "labels"
     level1_k: int | None = None
     label_weight: float = 0.6
+    seeding: str = "vocabulary"
+    seed_leaves: int | None = None
 
     def __post_init__(self) -> None:
+        if self.seeding not in ("vocabulary", "catalogue"):
+            raise ConfigError(f"`seeding` must be vocabulary or catalogue. Found {self.seeding!r}.")
+        if self.seed_leaves is not None and not (
+            isinstance(self.seed_leaves, int)
+            and not isinstance(self.seed_leaves, bool)
+            and 2 <= self.seed_leaves <= self.max_leaves
+        ):
+            raise ConfigError(
+                f"`seed_leaves` must be an int in [2, max_leaves={self.max_leaves}]. "
+                f"Found {self.seed_leaves!r}."
+            )
         if not (isinstance(self.projection_dim, int) and 2 <= self.projection_dim <= 4096):
             raise ConfigError(
                 f"`projection_dim` must be an int in [2, 4096]. Found {self.projection_dim!r}."

@@ -46,6 +46,7 @@ def build_server_app(
     on_reply: Callable[[Any], None] | None = None,
     catalogue: list[str] | None = None,
     collector: Callable[[Grid], ReleaseCollector] | None = None,
+    seeds: Any = None,
 ) -> ServerApp:
     """A ServerApp running the rounds (:class:`server.round_loop.RoundLoop`) with the given
     settings (simulation); ``collector`` builds the release collector from the (metered)
@@ -54,7 +55,7 @@ def build_server_app(
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
-        config = ServerConfig.build(run, labels, catalogue)
+        config = ServerConfig.build(run, labels, catalogue, seeds)
         with ServerStorage(Path(run_dir) / "server.db") as storage:
             summaries = RoundLoop(
                 config,
@@ -102,6 +103,11 @@ def _deployed_main(grid: Grid, context: Context) -> None:
         expected_nodes=expected,
         flower_run_id=grid.run.run_id,
     )
+    if run.clustering.seeding != "vocabulary":
+        raise ConfigError(
+            f"`seeding` {run.clustering.seeding!r} is simulation-only in this version: a "
+            "deployed run seeds from the label vocabulary."
+        )
     labels.save(run_dir / "labels.npz")
     config = ServerConfig.build(run, labels)
     with ServerStorage(run_dir / "server.db") as storage:

@@ -23,7 +23,7 @@ from common.errors import ConfigError
 from common.hierarchy import Hierarchy
 from common.privacy import calibrate_release_multiplier
 from common.privacy.ledger import LedgerEntry
-from common.projection import PublicProjection
+from common.projection import PublicProjection, normalize_rows
 from common.records import (
     COUNTS,
     HISTOGRAM,
@@ -91,6 +91,8 @@ class ServerConfig:
             run (and the adapter's DP-SGD) composes to the run's event-level epsilon.
         aggregation / tree: the aggregation and tree-building rules.
         catalogue: the public item ids (the popularity release counts over them).
+        seeds: the first round's leaf centroids when they do not come from the vocabulary
+            (catalogue seeding), shape ``(k, dim)``, unit rows.
     """
 
     run: RunConfig
@@ -100,10 +102,15 @@ class ServerConfig:
     aggregation: AggregationConfig
     tree: TreeConfig
     catalogue: tuple[str, ...] | None = None
+    seeds: npt.NDArray[np.float32] | None = None
 
     @classmethod
     def build(
-        cls, run: RunConfig, labels: LabelSpace, catalogue: Sequence[str] | None = None
+        cls,
+        run: RunConfig,
+        labels: LabelSpace,
+        catalogue: Sequence[str] | None = None,
+        seeds: npt.NDArray[np.floating] | None = None,
     ) -> ServerConfig:
         """Checks the labels against the run and calibrates the noise.
 
@@ -144,7 +151,20 @@ class ServerConfig:
         tree = TreeConfig(
             criterion=CutCriterion(c.cut), level1_k=c.level1_k, label_weight=c.label_weight
         )
-        return cls(run, labels, projection, z, aggregation, tree, items)
+        checked = None
+        if seeds is not None:
+            checked = np.asarray(seeds, dtype=np.float32)
+            if (
+                checked.ndim != 2
+                or checked.shape[1] != labels.dim
+                or len(checked) < 2
+                or not np.isfinite(checked).all()
+            ):
+                raise ConfigError(
+                    f"`seeds` must be finite with shape (k >= 2, {labels.dim}). Found {checked.shape}."
+                )
+            checked = normalize_rows(checked)
+        return cls(run, labels, projection, z, aggregation, tree, items, checked)
 
     def task_noise_multiplier(self, task: ReleaseTask) -> float:
         """The task's ``z``: the tree's times the task's noise factor (``AnalyticsConfig``)."""
@@ -253,9 +273,13 @@ class ServerState:
 
 
 def initial_server_state(config: ServerConfig) -> ServerState:
-    """Cold start: one public leaf per leaf label, the adapter at its public initial weights."""
+    """Cold start: one public leaf per leaf label (or per catalogue seed, with
+    :attr:`ServerConfig.seeds`), the adapter at its public initial weights."""
     vocab = config.labels.vocabulary
-    _, seeds = config.labels.subset(list(vocab.leaves) or list(vocab.labels))
+    if config.seeds is not None:
+        seeds = config.seeds
+    else:
+        _, seeds = config.labels.subset(list(vocab.leaves) or list(vocab.labels))
     a = config.run.adapter
     return ServerState(
         leaves=initial_state(seeds),

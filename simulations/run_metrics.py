@@ -37,6 +37,7 @@ from simulations.evaluation import (
     seed_method_baseline,
 )
 from simulations.options import SimulateOptions
+from simulations.seeding import load_seeds
 
 __all__ = [
     "RunData",
@@ -103,6 +104,7 @@ def run_metrics(data: RunData, h: Hierarchy, summaries: list[RoundSummary]) -> d
         "mode": p.mode.value,
         "no_dp": p.no_dp,
         "unit": p.unit.value,
+        "seeding": run.clustering.seeding,
         "epsilon_user_level_total": total_user,
         "epsilon_event_level_total": total,
         "epsilon_event_level_per_round": per_round,
@@ -145,7 +147,9 @@ def run_metrics(data: RunData, h: Hierarchy, summaries: list[RoundSummary]) -> d
         events, reference_time=0.0, config=replace(RELEASE_WEIGHTING, max_weight=p.max_weight)
     )
     leaves = list(labels.vocabulary.leaves) or list(labels.vocabulary.labels)
-    _, seeds = labels.subset(leaves)
+    seeds = load_seeds(out_dir)  # catalogue seeding: the baselines start where the run did
+    if seeds is None:
+        _, seeds = labels.subset(leaves)
     c = run.clustering
     tree = TreeConfig(
         criterion=CutCriterion(c.cut), level1_k=c.level1_k, label_weight=c.label_weight

@@ -56,6 +56,7 @@ from simulations.run_dir import (
     write_config,
 )
 from simulations.run_metrics import RunData, round_printer, run_metrics
+from simulations.seeding import load_seeds, write_seeds
 
 __all__ = [
     "DatasetBundle",
@@ -397,7 +398,8 @@ def _simulate_into(
             )
         rewrite_outputs_from_db(out)
     else:
-        labels.save(out / "labels.npz")
+        write_seeds(out, run, bundle.catalogue, labels, encoder=encoder, cache=cache,
+                    projection=projection)  # fmt: skip
         stores = _prepare_stores(out, train, encoder, cache)
 
     summaries: list[RoundSummary] = []
@@ -481,7 +483,8 @@ def _simulate_batched_into(
             )
         rewrite_outputs_from_db(out)
     else:
-        labels.save(out / "labels.npz")
+        write_seeds(out, run, bundle.catalogue, labels, encoder=encoder, cache=cache,
+                    projection=projection)  # fmt: skip
         p = run.privacy
         budgets = np.full(n_users, np.nan if p.no_dp else p.device_budget_epsilon)
         for idx, eps in opts.device_budgets.items():
@@ -666,6 +669,7 @@ def _run_flower(
         on_reply=on_reply,
         catalogue=catalogue,
         collector=collector,
+        seeds=load_seeds(out),
     )
     init_args: dict[str, Any] = {
         "logging_level": "ERROR" if not opts.verbose else "INFO",

@@ -71,7 +71,7 @@ _RUN_FLAGS: dict[str | None, tuple[str, ...]] = {
         "no_dp",
         "min_cohort_fraction",
     ),
-    "clustering": ("tree_z",),
+    "clustering": ("tree_z", "seeding", "seed_leaves"),
     "analytics": ("histogram", "top_k", "popularity_noise_factor"),
     "adapter": (),
 }
@@ -505,6 +505,20 @@ def add_run_settings(p: argparse.ArgumentParser, *, populations: bool = False) -
         default=d.clustering.tree_z,
         help=f"significance a leaf needs to be listed in the published tree (default "
         f"{d.clustering.tree_z:g}: a positive estimated mass; 1-2 list fewer, surer leaves)",
+    )
+    p.add_argument(
+        "--seeding",
+        choices=["vocabulary", "catalogue"],
+        default=d.clustering.seeding,
+        help="what seeds the first round's leaves: the label vocabulary's leaf labels, or "
+        "k-means on the public catalogue's embeddings (simulations only) (default "
+        f"{d.clustering.seeding})",
+    )
+    p.add_argument(
+        "--seed-leaves",
+        type=positive_int,
+        default=None,
+        help="--seeding catalogue: the number of seeds (default: the vocabulary's leaf count)",
     )
     p.add_argument(
         "--popularity-noise-factor",

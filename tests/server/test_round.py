@@ -342,3 +342,23 @@ def test_adapter_update_of_a_skipped_round_is_on_the_server_ledger() -> None:
     assert out.summary.status is RoundStatus.OK
     assert [e.mechanism for e in out.ledger_entries] == [Mechanism.GAUSSIAN_SUM]
     assert len([e for e in state.ledger if e.mechanism is Mechanism.SERVER_GAUSSIAN]) == 1
+
+
+def test_catalogue_seeds_replace_the_vocabulary_seeds() -> None:
+    """Seeds given to the config (catalogue seeding) are the first round's leaves, unit rows;
+    a wrong shape or a non-finite seed is refused naming `seeds`."""
+    rng = np.random.default_rng(5)
+    seeds = rng.normal(size=(7, DIM)).astype(np.float32)
+    run = server_config().run
+    config = ServerConfig.build(run, label_space(), None, seeds)
+    state = initial_server_state(config)
+    assert state.leaves.num_leaves == 7
+    np.testing.assert_allclose(
+        state.leaves.centroids, seeds / np.linalg.norm(seeds, axis=1, keepdims=True), atol=1e-6
+    )
+    assert initial_server_state(server_config()).leaves.num_leaves == len(
+        label_space().vocabulary.leaves
+    )
+    for bad in (seeds[:, :3], seeds[:1], np.full((3, DIM), np.nan, np.float32)):
+        with pytest.raises(ConfigError, match="`seeds` must be finite"):
+            ServerConfig.build(run, label_space(), None, bad)
