@@ -82,6 +82,11 @@ def _from_run_config(cfg: dict[str, Any]) -> tuple[RunConfig, LabelSpace, Path, 
                 f"'{key}=\"/abs/path\"'). Found {cfg.get(key)!r}."
             )
     run = RunConfig.from_run_config({k: v for k, v in cfg.items() if k not in own})
+    if run.clustering.seeding != "vocabulary":
+        raise ConfigError(
+            f"`clustering-seeding` {run.clustering.seeding!r} is simulation-only in this "
+            "version: a deployed run seeds from the label vocabulary."
+        )
     labels = LabelSpace.load(str(cfg[LABELS_FILE_KEY]))
     expected = cfg.get(EXPECTED_NODES_KEY)
     return run, labels, Path(str(cfg[RUN_DIR_KEY])), None if expected is None else int(expected)
@@ -103,11 +108,6 @@ def _deployed_main(grid: Grid, context: Context) -> None:
         expected_nodes=expected,
         flower_run_id=grid.run.run_id,
     )
-    if run.clustering.seeding != "vocabulary":
-        raise ConfigError(
-            f"`seeding` {run.clustering.seeding!r} is simulation-only in this version: a "
-            "deployed run seeds from the label vocabulary."
-        )
     labels.save(run_dir / "labels.npz")
     config = ServerConfig.build(run, labels)
     with ServerStorage(run_dir / "server.db") as storage:

@@ -222,6 +222,8 @@ def test_run_overrides_and_command(tmp_path: Path) -> None:
     assert run.rounds == 2 and run.round_timeout == 300.0
     with pytest.raises(ConfigError, match="absolute"):
         _from_run_config({**_app_config()})
+    with pytest.raises(ConfigError, match="`clustering-seeding` 'catalogue' is simulation-only"):
+        _from_run_config({**cfg, "clustering-seeding": "catalogue"})
     cmd = run_command(s, connection="c")
     assert cmd[1:4] == ["run", str(APP_DIR), "c"] and cmd[-1] == "--stream"
     with pytest.raises(ConfigError):
