@@ -82,7 +82,7 @@ def open_device_context(
     hierarchy: Hierarchy | None = None,
     adapter: AdapterWeights | None = None,
     model_dir: str | None = None,
-    encoder: str = "minilm",
+    encoder: str | None = None,
 ) -> DeviceContext:
     """Opens an existing store with its hierarchy, encoder and adapter.
 
@@ -91,14 +91,15 @@ def open_device_context(
         hierarchy: a hierarchy to use and keep in the store; ``None``: the one kept there.
         adapter: adapter weights to use; ``None``: the adapter the device last received.
         model_dir: a local Hugging Face model directory (``None``: the bundled MiniLM).
-        encoder: the registered encoder (the run's: the hierarchy's fingerprint covers it).
+        encoder: the registered encoder (the run's: the hierarchy's fingerprint covers it;
+            ``None``: :data:`client.encoder_registry.DEFAULT_ENCODER`).
 
     Raises:
         MissingHierarchyError: no ``hierarchy`` and none kept in the store.
         DeviceInputError: the store's adapter cannot be read.
     """
     from client.app import ADAPTER_STATE_KEY
-    from client.encoder_registry import make_encoder
+    from client.encoder_registry import DEFAULT_ENCODER, make_encoder
     from client.store import EventStore
 
     store = EventStore(store_path, create=False)
@@ -117,7 +118,7 @@ def open_device_context(
             packed = store.get_state(ADAPTER_STATE_KEY)
             if packed is not None:
                 adapter = load_adapter(io.BytesIO(packed), "the store's adapter")
-        text_encoder = make_encoder(encoder, model_dir=model_dir)
+        text_encoder = make_encoder(encoder or DEFAULT_ENCODER, model_dir=model_dir)
     except BaseException:
         store.close()
         raise

@@ -25,7 +25,7 @@ from common.errors import ConfigError
 from common.projection import PublicProjection, normalize_rows
 from common.vocabulary import LabelSpace
 
-__all__ = ["SEEDS_FILE", "catalogue_seeds", "load_seeds", "write_seeds"]
+__all__ = ["SEEDS_FILE", "catalogue_seeds", "load_seeds", "write_public_files"]
 
 SEEDS_FILE = "seeds.npy"
 
@@ -52,7 +52,7 @@ def catalogue_seeds(
     return normalize_rows(km.cluster_centers_[live])
 
 
-def write_seeds(
+def write_public_files(
     out: Path,
     run: RunConfig,
     catalogue: list[str],

@@ -11,7 +11,6 @@ import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from client.encoder_registry import DEFAULT_ENCODER
 from simulations.cli.base import (
     CliError,
     Parser,
@@ -67,7 +66,7 @@ def _context(args: argparse.Namespace) -> DeviceContext:
             hierarchy=h,
             adapter=adapter,
             model_dir=args.model_dir,
-            encoder=args.encoder or DEFAULT_ENCODER,
+            encoder=args.encoder,
         )
     if ctx.store.count() == 0:
         print(
