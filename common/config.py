@@ -142,21 +142,29 @@ class ClusteringConfig:
             unassigned row.
         memory / prior_strength / live_z / new_leaf_z / merge_cosine / split_mass /
             max_leaves: :class:`server.aggregation.AggregationConfig`.
-        tree_z: significance a leaf needs to appear in the published tree. The default 0
-            publishes every leaf whose bias-corrected mass estimate is positive (a public seed
-            that has not moved costs nothing to list). Measured on the synthetic default (3
-            runs, docs/federated.md): 0 publishes ~122 leaves of the data's 133 categories
-            and lifts the level-1 NMI, item NMI level 2 and dendrogram purity ratios by 0.03-0.09
-            over 1.0 (~86 leaves), at ~4 leaves with no event nearest them.
+        tree_z: significance a leaf needs to appear in the published tree (``None``, the
+            default: the level at which a leaf that no device's data reaches is listed with
+            probability :attr:`tree_null_rate`, from the chi-square law of its noise energy,
+            :func:`server.aggregation.null_listing_z`; measured on null rounds in
+            tests/server/test_listing.py). 0 lists every leaf whose bias-corrected mass
+            estimate is positive (pure noise passes half the time).
+        tree_null_rate: the share of empty leaves the default ``tree_z`` lets through.
         cut: level-1 cut criterion (``labels``, ``silhouette``, ``gap`` or ``fixed``).
         level1_k: the number of level-1 nodes with ``fixed``.
         label_weight: weight of the public label prior in the level-1 linkage (0 = off).
-        seeding: what seeds the first round's leaves: ``vocabulary`` (one leaf per leaf label
-            of the public vocabulary) or ``catalogue`` (spherical k-means++ then k-means on
-            the public catalogue's embeddings, ``seed_leaves`` of them; simulations only in
-            this version: :mod:`simulations.seeding`).
+        seeding: what seeds the first round's leaves: ``catalogue`` (spherical k-means++ then
+            k-means on the public catalogue's embeddings, ``seed_leaves`` of them; simulations
+            only in this version: :mod:`simulations.seeding`), ``vocabulary`` (one leaf per
+            leaf label of the public vocabulary), or ``auto`` (the default: the catalogue
+            when the run has one of at least 2 texts, else the vocabulary; a deployed run,
+            whose server holds no catalogue texts in this version, seeds from the
+            vocabulary). A run states the seeding it used (``metrics.json``).
         seed_leaves: the number of catalogue seeds (``None``: as many as the vocabulary has
-            leaf labels).
+            leaf labels, 136 for the default vocabulary: measured on KuaiRec and the
+            synthetic data against 256, docs/federated.md).
+        snap_labels: move a catalogue seed onto its nearest vocabulary leaf label when that
+            label is within the measured naming threshold (off by default: measured worse
+            on the synthetic data, docs/federated.md).
     """
 
     projection_dim: int = DEFAULT_OUTPUT_DIM
@@ -165,7 +173,8 @@ class ClusteringConfig:
     memory: float = 1.0
     prior_strength: float = 3.0
     live_z: float = 2.0
-    tree_z: float = 0.0
+    tree_z: float | None = None
+    tree_null_rate: float = 0.05
     new_leaf_z: float = 6.0
     merge_cosine: float = 0.92
     split_mass: float | None = None
@@ -173,12 +182,15 @@ class ClusteringConfig:
     cut: str = "labels"
     level1_k: int | None = None
     label_weight: float = 0.6
-    seeding: str = "vocabulary"
+    seeding: str = "auto"
     seed_leaves: int | None = None
+    snap_labels: bool = False
 
     def __post_init__(self) -> None:
-        if self.seeding not in ("vocabulary", "catalogue"):
-            raise ConfigError(f"`seeding` must be vocabulary or catalogue. Found {self.seeding!r}.")
+        if self.seeding not in ("auto", "vocabulary", "catalogue"):
+            raise ConfigError(
+                f"`seeding` must be auto, vocabulary or catalogue. Found {self.seeding!r}."
+            )
         if self.seed_leaves is not None and not (
             isinstance(self.seed_leaves, int)
             and not isinstance(self.seed_leaves, bool)
@@ -200,8 +212,12 @@ class ClusteringConfig:
             raise ConfigError(
                 f"`cut` must be labels, silhouette, gap or fixed. Found {self.cut!r}."
             )
-        if not (isinstance(self.tree_z, int | float) and math.isfinite(self.tree_z)):
+        if self.tree_z is not None and not (
+            isinstance(self.tree_z, int | float) and math.isfinite(self.tree_z)
+        ):
             raise ConfigError(f"`tree_z` must be a finite number. Found {self.tree_z!r}.")
+        if not (isinstance(self.tree_null_rate, int | float) and 0 < self.tree_null_rate < 1):
+            raise ConfigError(f"`tree_null_rate` must be in (0, 1). Found {self.tree_null_rate!r}.")
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ __all__ = [
     "aggregate_round",
     "initial_state",
     "leaf_statistics",
+    "null_listing_z",
     "robust_mean",
 ]
 
@@ -225,6 +226,20 @@ def initial_state(seeds: npt.NDArray[np.floating]) -> LeafState:
         residual_acc=np.zeros(d),
         next_id=k,
     )
+
+
+def null_listing_z(dim: int, rate: float) -> float:
+    """The ``z`` of :func:`leaf_statistics` that a leaf with no data exceeds with probability
+    ``rate``. With no data, a leaf's accumulated sum is Gaussian noise of known variance per
+    coordinate, so ``|acc|^2 / var`` is chi-square with ``dim`` degrees of freedom and
+    ``z = (chi2 - dim) / sqrt(2 dim)``; the threshold is that law's ``1 - rate`` quantile
+    (about 1.64 at ``dim`` 128 and 5%, above the normal approximation's 1.645 for small
+    ``dim``: the chi-square's right tail is heavier)."""
+    from scipy.stats import chi2
+
+    if not (isinstance(dim, int) and dim >= 1 and 0 < rate < 1):
+        raise ConfigError(f"need dim >= 1 and rate in (0, 1). Found {dim!r}, {rate!r}.")
+    return float((chi2.isf(rate, dim) - dim) / math.sqrt(2 * dim))
 
 
 def leaf_statistics(state: LeafState) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:

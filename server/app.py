@@ -47,6 +47,7 @@ def build_server_app(
     catalogue: list[str] | None = None,
     collector: Callable[[Grid], ReleaseCollector] | None = None,
     seeds: Any = None,
+    names: Any = None,
 ) -> ServerApp:
     """A ServerApp running the rounds (:class:`server.round_loop.RoundLoop`) with the given
     settings (simulation); ``collector`` builds the release collector from the (metered)
@@ -55,7 +56,7 @@ def build_server_app(
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
-        config = ServerConfig.build(run, labels, catalogue, seeds)
+        config = ServerConfig.build(run, labels, catalogue, seeds, names)
         with ServerStorage(Path(run_dir) / "server.db") as storage:
             summaries = RoundLoop(
                 config,
@@ -82,10 +83,10 @@ def _from_run_config(cfg: dict[str, Any]) -> tuple[RunConfig, LabelSpace, Path, 
                 f"'{key}=\"/abs/path\"'). Found {cfg.get(key)!r}."
             )
     run = RunConfig.from_run_config({k: v for k, v in cfg.items() if k not in own})
-    if run.clustering.seeding != "vocabulary":
+    if run.clustering.seeding == "catalogue":
         raise ConfigError(
             f"`clustering-seeding` {run.clustering.seeding!r} is simulation-only in this "
-            "version: a deployed run seeds from the label vocabulary."
+            "version: a deployed run seeds from the label vocabulary (`auto` resolves to it)."
         )
     labels = LabelSpace.load(str(cfg[LABELS_FILE_KEY]))
     expected = cfg.get(EXPECTED_NODES_KEY)

@@ -37,6 +37,7 @@ from common.round_config import RoundConfig, dpsgd_ledger_entry
 from common.vocabulary import LabelSpace
 from server.aggregation import AggregationConfig, LeafState, initial_state
 from server.hierarchy_builder import CutCriterion, TreeConfig
+from server.naming import CatalogueTexts
 
 __all__ = [
     "AdapterState",
@@ -93,6 +94,8 @@ class ServerConfig:
         catalogue: the public item ids (the popularity release counts over them).
         seeds: the first round's leaf centroids when they do not come from the vocabulary
             (catalogue seeding), shape ``(k, dim)``, unit rows.
+        names: the public catalogue's texts, embedded: what names the tree's nodes
+            (:mod:`server.naming`); ``None``: close vocabulary labels only.
     """
 
     run: RunConfig
@@ -103,6 +106,7 @@ class ServerConfig:
     tree: TreeConfig
     catalogue: tuple[str, ...] | None = None
     seeds: npt.NDArray[np.float32] | None = None
+    names: CatalogueTexts | None = None
 
     @classmethod
     def build(
@@ -111,6 +115,7 @@ class ServerConfig:
         labels: LabelSpace,
         catalogue: Sequence[str] | None = None,
         seeds: npt.NDArray[np.floating] | None = None,
+        names: CatalogueTexts | None = None,
     ) -> ServerConfig:
         """Checks the labels against the run and calibrates the noise.
 
@@ -164,7 +169,11 @@ class ServerConfig:
                     f"`seeds` must be finite with shape (k >= 2, {labels.dim}). Found {checked.shape}."
                 )
             checked = normalize_rows(checked)
-        return cls(run, labels, projection, z, aggregation, tree, items, checked)
+        if names is not None and names.vectors.shape[1:] != (labels.dim,):
+            raise ConfigError(
+                f"`names` vectors must have dimension {labels.dim}. Found {names.vectors.shape}."
+            )
+        return cls(run, labels, projection, z, aggregation, tree, items, checked, names)
 
     def task_noise_multiplier(self, task: ReleaseTask) -> float:
         """The task's ``z``: the tree's times the task's noise factor (``AnalyticsConfig``)."""

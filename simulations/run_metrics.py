@@ -30,6 +30,7 @@ from simulations.datasets.bundle import DatasetBundle
 from simulations.evaluation import (
     METRIC_KEYS,
     GroundTruth,
+    assign_to_tree,
     catalogue_baseline,
     centralized_baseline,
     clustering_metrics,
@@ -37,7 +38,7 @@ from simulations.evaluation import (
     seed_method_baseline,
 )
 from simulations.options import SimulateOptions
-from simulations.seeding import load_seeds
+from simulations.seeding import SEEDS_FILE, load_seeds
 
 __all__ = [
     "RunData",
@@ -104,7 +105,7 @@ def run_metrics(data: RunData, h: Hierarchy, summaries: list[RoundSummary]) -> d
         "mode": p.mode.value,
         "no_dp": p.no_dp,
         "unit": p.unit.value,
-        "seeding": run.clustering.seeding,
+        "seeding": "catalogue" if (out_dir / SEEDS_FILE).is_file() else "vocabulary",
         "epsilon_user_level_total": total_user,
         "epsilon_event_level_total": total,
         "epsilon_event_level_per_round": per_round,
@@ -130,6 +131,10 @@ def run_metrics(data: RunData, h: Hierarchy, summaries: list[RoundSummary]) -> d
     vectors = projection(raw)
     adapter = final_adapter(out_dir)
     fed_vectors = projection(adapter.apply(raw)) if adapter is not None else vectors
+    if events:
+        # published leaves that no evaluated training event is nearest (issue 18: none)
+        nearest, _ = assign_to_tree(fed_vectors, h)
+        out["leaves_without_events"] = len(h.level(2)) - len(set(nearest))
     if run.adapter.enabled and adapter is not None:
         out["adapter"] = {
             "update_norm_total": round(

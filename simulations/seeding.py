@@ -24,10 +24,20 @@ from common.config import RunConfig
 from common.errors import ConfigError
 from common.projection import PublicProjection, normalize_rows
 from common.vocabulary import LabelSpace
+from server.naming import CatalogueTexts
 
-__all__ = ["SEEDS_FILE", "catalogue_seeds", "load_seeds", "write_public_files"]
+__all__ = [
+    "NAMES_FILE",
+    "SEEDS_FILE",
+    "catalogue_seeds",
+    "load_names",
+    "load_seeds",
+    "write_public_files",
+]
 
 SEEDS_FILE = "seeds.npy"
+#: The public catalogue embedded (ids, texts, projected vectors): what names the tree's nodes.
+NAMES_FILE = "catalogue.npz"
 
 
 def catalogue_seeds(
@@ -38,9 +48,13 @@ def catalogue_seeds(
     cache: EmbeddingCache,
     projection: PublicProjection,
     seed: int,
+    labels: LabelSpace | None = None,
 ) -> npt.NDArray[np.float32]:
     """``k`` spherical k-means centroids of the catalogue's projected embeddings (fewer when
-    the catalogue has fewer distinct texts), unit rows."""
+    the catalogue has fewer distinct texts), unit rows. With ``labels``, a centroid whose
+    nearest vocabulary leaf label is close (:func:`server.naming.label_threshold`, the
+    measured cosine at which a label describes a cluster) is replaced by that label's vector
+    (each label once): the taxonomy anchors the clusters it describes and nothing else."""
     texts = sorted(set(catalogue))
     if len(texts) < 2:
         raise ConfigError(
@@ -49,31 +63,80 @@ def catalogue_seeds(
     x = projection(encode_cached(encoder, cache, texts))
     km = weighted_kmeans(x, np.ones(len(x)), min(k, len(x)), rng=np.random.default_rng([seed, 7]))
     live = np.flatnonzero(km.masses_ > 0)
-    return normalize_rows(km.cluster_centers_[live])
+    seeds = normalize_rows(km.cluster_centers_[live])
+    if labels is not None:
+        seeds = _snap_to_labels(seeds, labels)
+    return seeds
+
+
+def _snap_to_labels(seeds: npt.NDArray[np.float32], labels: LabelSpace) -> npt.NDArray[np.float32]:
+    from server.naming import label_threshold
+
+    vocab = labels.vocabulary
+    _, vecs = labels.subset(list(vocab.leaves) or list(vocab.labels))
+    sims = seeds @ vecs.T
+    best = sims.argmax(axis=1)
+    out = seeds.copy()
+    taken: set[int] = set()
+    # the closest pairs first, so a label goes to the centroid it describes best
+    for i in np.argsort(-sims[np.arange(len(seeds)), best], kind="stable"):
+        j = int(best[i])
+        if sims[i, j] >= label_threshold(labels) and j not in taken:
+            out[i] = vecs[j]
+            taken.add(j)
+    return normalize_rows(out)
 
 
 def write_public_files(
     out: Path,
     run: RunConfig,
-    catalogue: list[str],
+    items: dict[str, str],
     labels: LabelSpace,
     *,
     encoder: TextEncoder,
     cache: EmbeddingCache,
     projection: PublicProjection,
 ) -> None:
-    """Writes the run's public files: ``out/labels.npz`` and, with catalogue seeding,
-    ``out/seeds.npy``."""
+    """Writes the run's public files: ``out/labels.npz``, with a catalogue ``out/catalogue.npz``
+    (what names the nodes) and, with catalogue seeding, ``out/seeds.npy``."""
     labels.save(out / "labels.npz")
     vocabulary = labels.vocabulary
     c = run.clustering
-    if c.seeding != "catalogue":
+    catalogue = sorted(set(items.values()))
+    if items:
+        ids = sorted(items)
+        texts = [items[i] for i in ids]
+        vectors = projection(encode_cached(encoder, cache, texts))
+        np.savez(
+            out / NAMES_FILE,
+            ids=np.asarray(ids, dtype=str),
+            texts=np.asarray(texts, dtype=str),
+            vectors=vectors.astype(np.float32),
+        )
+    if c.seeding == "vocabulary" or (c.seeding == "auto" and len(catalogue) < 2):
         return
     k = c.seed_leaves or len(vocabulary.leaves) or len(vocabulary.labels)
     seeds = catalogue_seeds(
-        catalogue, k, encoder=encoder, cache=cache, projection=projection, seed=run.seed
+        catalogue,
+        k,
+        encoder=encoder,
+        cache=cache,
+        projection=projection,
+        seed=run.seed,
+        labels=labels if c.snap_labels else None,
     )
     np.save(out / SEEDS_FILE, seeds, allow_pickle=False)
+
+
+def load_names(out: Path) -> CatalogueTexts | None:
+    """The run's embedded public catalogue (``None``: the dataset has none)."""
+    path = out / NAMES_FILE
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        return CatalogueTexts(
+            tuple(str(i) for i in z["ids"]), tuple(str(t) for t in z["texts"]), z["vectors"]
+        )
 
 
 def load_seeds(out: Path) -> npt.NDArray[np.float32] | None:

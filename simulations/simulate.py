@@ -56,7 +56,7 @@ from simulations.run_dir import (
     write_config,
 )
 from simulations.run_metrics import RunData, round_printer, run_metrics
-from simulations.seeding import load_seeds, write_public_files
+from simulations.seeding import load_names, load_seeds, write_public_files
 
 __all__ = [
     "DatasetBundle",
@@ -398,7 +398,7 @@ def _simulate_into(
             )
         rewrite_outputs_from_db(out)
     else:
-        write_public_files(out, run, bundle.catalogue, labels, encoder=encoder, cache=cache,
+        write_public_files(out, run, bundle.items, labels, encoder=encoder, cache=cache,
                     projection=projection)  # fmt: skip
         stores = _prepare_stores(out, train, encoder, cache)
 
@@ -483,7 +483,7 @@ def _simulate_batched_into(
             )
         rewrite_outputs_from_db(out)
     else:
-        write_public_files(out, run, bundle.catalogue, labels, encoder=encoder, cache=cache,
+        write_public_files(out, run, bundle.items, labels, encoder=encoder, cache=cache,
                     projection=projection)  # fmt: skip
         p = run.privacy
         budgets = np.full(n_users, np.nan if p.no_dp else p.device_budget_epsilon)
@@ -670,6 +670,7 @@ def _run_flower(
         catalogue=catalogue,
         collector=collector,
         seeds=load_seeds(out),
+        names=load_names(out),
     )
     init_args: dict[str, Any] = {
         "logging_level": "ERROR" if not opts.verbose else "INFO",

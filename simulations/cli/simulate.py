@@ -71,7 +71,7 @@ _RUN_FLAGS: dict[str | None, tuple[str, ...]] = {
         "no_dp",
         "min_cohort_fraction",
     ),
-    "clustering": ("tree_z", "seeding", "seed_leaves"),
+    "clustering": ("tree_z", "seeding", "seed_leaves", "snap_labels", "level1_k"),
     "analytics": ("histogram", "top_k", "popularity_noise_factor"),
     "adapter": (),
 }
@@ -112,6 +112,8 @@ def run_config_from_args(args: argparse.Namespace, *, epsilon: float | None = No
         parts["analytics"]["popularity"] = not given["no_popularity"]
     if "adapter" in given:
         parts["adapter"]["enabled"] = given["adapter"]
+    if given.get("level1_k") is not None:
+        parts["clustering"]["cut"] = "fixed"
     return RunConfig(
         **picked(_RUN_FLAGS[None]), **{p: kind(**parts[p]) for p, kind in _PARTS.items()}
     )
@@ -502,23 +504,37 @@ def add_run_settings(p: argparse.ArgumentParser, *, populations: bool = False) -
     p.add_argument(
         "--tree-z",
         type=finite_float,
-        default=d.clustering.tree_z,
-        help=f"significance a leaf needs to be listed in the published tree (default "
-        f"{d.clustering.tree_z:g}: a positive estimated mass; 1-2 list fewer, surer leaves)",
+        default=None,
+        help="significance a leaf needs to be listed in the published tree (default: the level "
+        f"a leaf without data passes {d.clustering.tree_null_rate:.0%} of the time; 0 lists "
+        "every leaf with a positive estimated mass)",
     )
     p.add_argument(
         "--seeding",
-        choices=["vocabulary", "catalogue"],
+        choices=["auto", "catalogue", "vocabulary"],
         default=d.clustering.seeding,
-        help="what seeds the first round's leaves: the label vocabulary's leaf labels, or "
-        "k-means on the public catalogue's embeddings (simulations only) (default "
-        f"{d.clustering.seeding})",
+        help="what seeds the first round's leaves: k-means on the public catalogue's "
+        "embeddings, the label vocabulary's leaf labels, or auto: the catalogue when the "
+        f"dataset has one (default {d.clustering.seeding})",
     )
     p.add_argument(
         "--seed-leaves",
         type=positive_int,
         default=None,
-        help="--seeding catalogue: the number of seeds (default: the vocabulary's leaf count)",
+        help="catalogue seeding: the number of seeds (default: the vocabulary's leaf count)",
+    )
+    p.add_argument(
+        "--snap-labels",
+        action="store_true",
+        help="catalogue seeding: move a seed whose nearest vocabulary label is within the "
+        "measured naming threshold onto that label (default off: measured worse)",
+    )
+    p.add_argument(
+        "--broad",
+        dest="level1_k",
+        type=positive_int,
+        default=None,
+        help="the number of broad interests (default: chosen from the tree, see docs/federated.md)",
     )
     p.add_argument(
         "--popularity-noise-factor",

@@ -73,8 +73,13 @@ def test_one_dominant_root_falls_back_to_the_silhouette() -> None:
     d = 8
     c = np.vstack([normalize_rows(np.eye(d)[g] + 0.05 * rng.normal(size=(5, d))) for g in range(6)])
     vocab = Vocabulary.from_paths([["Movies", "Drama"], ["Movies", "Comedy"], ["Books", "Poetry"]])
-    vecs = normalize_rows(np.ones((len(vocab.labels), d), dtype=np.float32))
-    ls = LabelSpace(vocab, vecs)
+    # the film labels sit between three groups each: close to every leaf (cosine ~0.58,
+    # above the threshold for an unmeasured encoder), the books label far away
+    where = {"Drama": [0, 1, 2], "Comedy": [3, 4, 5], "Poetry": [7]}
+    vecs = np.zeros((len(vocab.labels), d), dtype=np.float32)
+    for i, lab in enumerate(vocab.labels):
+        vecs[i, where.get(lab.name, [6])] = 1.0
+    ls = LabelSpace(vocab, normalize_rows(vecs))
     ids = [f"leaf-{i:04d}" for i in range(30)]
     h = build_hierarchy(
         ids, c, np.ones(30), version=1, server_round=1, projection_fingerprint="f", labels=ls
