@@ -10,7 +10,7 @@
   leaves' best close labels (roots with >= 1% of the mass; when one root holds more than half
   the mass, as for a dataset inside one root, the silhouette below decides, with at least that
   many groups and ``k_min``), provided close labels cover half the mass; otherwise the data
-  decides (``sqrt`` of the effective number of leaves); the alternatives are the mass-weighted
+  decides (the effective number of leaves over 6); the alternatives are the mass-weighted
   cosine silhouette maximised over ``k`` in ``[k_min, k_max]`` (measured: it under-cuts noisy
   federated trees), the largest gap in Ward costs, or a fixed ``k``.
 - **Stable ids**: leaves keep their slot ids; each level-1 group is matched to the previous
@@ -57,7 +57,7 @@ class CutCriterion(str, enum.Enum):
     LABELS = "labels"
     """As many as the vocabulary roots the leaves' best close labels point to (counting
     roots that hold at least 1% of the leaf mass), when close labels cover at least half the
-    mass; otherwise (and without a label space) ``sqrt`` of the effective number of leaves."""
+    mass; otherwise (and without a label space) the effective number of leaves over 6."""
     SILHOUETTE = "silhouette"
     """Maximise the mass-weighted cosine silhouette of the leaves."""
     GAP = "gap"
@@ -251,14 +251,21 @@ _LABELLED_MASS = 0.5
 
 
 def _size_rule(masses: npt.NDArray[np.floating], lo: int, hi: int) -> int:
-    """``sqrt`` of the effective number of leaves (``exp`` of the entropy of their mass
-    shares), clamped to ``[lo, hi]``: the broad level as many groups as a typical group has
-    leaves. A smooth function of the masses, so stable across seeds and rounds (measured on
-    KuaiRec: 13 groups from 175 effective leaves; docs/federated.md)."""
+    """The effective number of leaves (``exp`` of the entropy of their mass shares) over
+    :data:`_LEAVES_PER_GROUP`, clamped to ``[lo, hi]``. A smooth function of the masses, so
+    stable across seeds and rounds. Measured on KuaiRec (seed 0, 154 leaves, rebuilding the
+    final tree at fixed cuts): federated / centralized level-1 NMI 0.89 / 0.88 / 0.96 / 0.94
+    and purity 0.88 / 0.92 / 0.94 / 0.93 at 11 / 17 / 24 / 30 groups (the data has 38
+    first-level categories over 175 second-level ones, the synthetic data 20 over 136)."""
     p = np.asarray(masses, dtype=np.float64)
     p = p[p > 0] / p.sum()
     effective = math.exp(-float((p * np.log(p)).sum()))
-    return max(lo, min(hi, round(math.sqrt(effective))))
+    return max(lo, min(hi, round(effective / _LEAVES_PER_GROUP)))
+
+
+#: The data-driven cut's average group size in leaves (between the synthetic data's 6.8
+#: and KuaiRec's 4.6 second-level categories per first-level one).
+_LEAVES_PER_GROUP = 6.0
 
 
 def _label_leaves(

@@ -506,7 +506,7 @@ def add_run_settings(p: argparse.ArgumentParser, *, populations: bool = False) -
         type=finite_float,
         default=None,
         help="significance a leaf needs to be listed in the published tree (default: the level "
-        f"a leaf without data passes {d.clustering.tree_null_rate:.0%} of the time; 0 lists "
+        f"a leaf without data passes {d.clustering.tree_null_rate * 100:g}%% of the time; 0 lists "
         "every leaf with a positive estimated mass)",
     )
     p.add_argument(

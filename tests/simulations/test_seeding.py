@@ -50,7 +50,7 @@ def test_catalogue_seeding_run(tmp_path: Path, cache: Path) -> None:
 
 
 def test_catalogue_seeding_settings_are_checked() -> None:
-    with pytest.raises(ConfigError, match="`seeding` must be vocabulary or catalogue"):
+    with pytest.raises(ConfigError, match="`seeding` must be auto, vocabulary or catalogue"):
         ClusteringConfig(seeding="lsh")
     with pytest.raises(ConfigError, match="`seed_leaves` must be an int in"):
         ClusteringConfig(seeding="catalogue", seed_leaves=1)
