@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from client.taste import TasteConfig, TasteModel, fit_taste
 from common.adapter import AdapterWeights
 from common.errors import ConfigError
 from common.events import Event
@@ -76,6 +77,7 @@ class ProfileConfig:
         level_weight: weight of the hierarchical (level) similarity in :meth:`score`, relative
             to the recent-event similarity (both standardised within the candidates).
         popularity_weight: weight of the standardised popularity prior in :meth:`score`.
+        recent_weight: weight of the recent-event similarity in :meth:`score`.
     """
 
     half_life_days: float = 30.0
@@ -87,6 +89,7 @@ class ProfileConfig:
     recent_top_k: int = 3
     level_weight: float = 0.25
     popularity_weight: float = 1.0
+    recent_weight: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("half_life_days", "short_half_life_days", "temperature"):
@@ -97,7 +100,7 @@ class ProfileConfig:
             v = getattr(self, name)
             if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
                 raise ConfigError(f"`{name}` must be an int >= 1. Found {v!r}.")
-        for name in ("level_weight", "popularity_weight"):
+        for name in ("level_weight", "popularity_weight", "recent_weight"):
             v = getattr(self, name)
             if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
                 raise ConfigError(f"`{name}` must be a number >= 0. Found {v!r}.")
@@ -393,16 +396,22 @@ class InterestProfile:
         raw_vectors: npt.NDArray[np.floating],
         *,
         prior: npt.ArrayLike | None = None,
+        taste: TasteModel | None = None,
     ) -> npt.NDArray[np.float64]:
         """Recommendation scores of candidate items (raw encoder vectors, shape ``(n, dim)``).
 
-        ``score = level_weight * z(levels) + z(recent) [+ popularity_weight * prior]``, with the
-        terms of :meth:`score_components` standardised (``z``) within the candidates, and
-        ``prior`` the candidates' popularity prior already standardised over the catalogue
+        Without a taste model: ``level_weight * z(levels) + recent_weight * z(recent)
+        [+ popularity_weight * prior]``; with the device's taste model
+        (:func:`client.taste.fit_taste`): ``z(taste logits) + level_weight * z(levels) +
+        recent_weight * z(recent)``, the prior entering through the taste model. The terms of
+        :meth:`score_components` are standardised (``z``) within the candidates, and
+        ``prior`` is the candidates' popularity prior already standardised over the catalogue
         (:func:`common.popularity.standardised_prior`). Higher is better.
         """
         levels, recent = self.score_components(raw_vectors)
-        out = self.config.level_weight * _z(levels) + _z(recent)
+        cfg = self.config
+        out = cfg.level_weight * _z(levels) + cfg.recent_weight * _z(recent)
+        p = None
         if prior is not None:
             p = np.asarray(prior, dtype=np.float64)
             if p.shape != out.shape or not np.all(np.isfinite(p)):
@@ -410,7 +419,10 @@ class InterestProfile:
                     f"`prior` must hold one finite value per candidate ({len(out)}). "
                     f"Found shape {p.shape}."
                 )
-            out = out + self.config.popularity_weight * p
+        if taste is not None:
+            return out + _z(taste.logits(raw_vectors, p))
+        if p is not None:
+            out = out + cfg.popularity_weight * p
         return out
 
     # -- persistence -----------------------------------------------------------------------------
@@ -461,14 +473,23 @@ def calibrate_scoring(
     negatives: int = 100,
     level_grid: Sequence[float] = (0.0, 0.5, 1.0),
     popularity_grid: Sequence[float] = (0.0, 0.5, 1.0, 2.0),
+    taste: TasteConfig | None = None,
+    taste_level_grid: Sequence[float] = (0.0, 0.25),
+    taste_recent_grid: Sequence[float] = (0.0, 0.25, 0.5),
 ) -> ProfileConfig:
-    """Chooses ``level_weight`` and ``popularity_weight`` for this device, **on the device**
-    from its own history (nothing leaves it): the latest ``holdout`` share of its events is
-    set aside, a profile is built from the rest, and each pair of the grids ranks the
-    set-aside new items among ``negatives`` public catalogue items the device never touched;
-    the pair with the best AUC wins (ties: the one nearest the configured defaults). With too
-    little history (fewer than 3 + 1 events, or no new catalogue item set aside) the
-    configuration comes back unchanged.
+    """Chooses the scoring weights for this device, **on the device** from its own history
+    (nothing leaves it): the latest ``holdout`` share of its events is set aside, a profile
+    (and, with ``taste``, a taste model) is built from the rest, and each weight pair of the
+    grids ranks the set-aside new items among ``negatives`` public catalogue items the device
+    never touched; the pair with the best AUC wins. With too little history (fewer than 3 + 1
+    events, or no new catalogue item set aside) the configuration comes back unchanged.
+
+    Without ``taste``: ``level_weight`` x ``popularity_weight`` over ``level_grid`` x
+    ``popularity_grid`` (ties: the pair nearest the configured defaults). With ``taste``
+    (:meth:`InterestProfile.score` with a taste model): ``level_weight`` x ``recent_weight``
+    over ``taste_level_grid`` x ``taste_recent_grid`` added to the taste logits (ties: the
+    smallest weights, i.e. the taste model alone); if no taste model can be fit on the
+    earlier part, the grids without ``taste`` are used.
 
     Args:
         catalogue_ids / catalogue_raw: the public catalogue and its raw encoder vectors.
@@ -522,18 +543,33 @@ def calibrate_scoring(
         config=cfg,
     )
     raw = np.asarray(raw_vectors)
-    prof.add([events[i] for i in fit], raw[fit])
-    levels, recent = prof.score_components(np.asarray(catalogue_raw)[cand])
+    fit_events = [events[i] for i in fit]
+    prof.add(fit_events, raw[fit])
+    cand_raw = np.asarray(catalogue_raw)[cand]
+    levels, recent = prof.score_components(cand_raw)
     zl, zr = _z(levels), _z(recent)
     pc = pri[cand] if pri is not None else None
+    model = None
+    if taste is not None:
+        model = fit_taste(
+            fit_events, raw[fit], catalogue_ids, catalogue_raw, prior=pri, rng=rng, config=taste
+        )
+    if model is not None:
+        zt = _z(model.logits(cand_raw, pc))
+        found = max(
+            ((auc(zt + a * zl + b * zr, rel), -(a + b), a, b) for a in taste_level_grid
+             for b in taste_recent_grid),
+        )  # fmt: skip
+        return dataclasses.replace(cfg, level_weight=found[2], recent_weight=found[3])
     best: tuple[float, float, float, float] | None = None
     for a in level_grid:
         for w in popularity_grid if pc is not None else (cfg.popularity_weight,):
-            s = a * zl + zr + (w * pc if pc is not None else 0.0)
+            s = a * zl + cfg.recent_weight * zr + (w * pc if pc is not None else 0.0)
             key = (auc(s, rel), -abs(a - cfg.level_weight) - abs(w - cfg.popularity_weight))
             if best is None or key > best[:2]:
                 best = (*key, a, w)
-    assert best is not None
+    if best is None:
+        return cfg
     return dataclasses.replace(cfg, level_weight=best[2], popularity_weight=best[3])
 
 

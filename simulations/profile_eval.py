@@ -7,14 +7,18 @@ and the drift lag.
   user never touched (sampled uniformly from the catalogue): AUC, nDCG@10 and recall@10,
   averaged over users, for the federated DP profile, the centralized non-private profile,
   popularity (training counts) and random.
-- **Scoring** (both profiles alike): :meth:`client.profile.InterestProfile.score`, i.e.
-  ``level_weight x z(level similarity) + z(recent-event similarity) + popularity_weight x
-  prior``, where the prior is the empirical-Bayes popularity of :mod:`common.popularity`
-  (federated: from the DP item counts the run released, with their noise; centralized: the
-  exact counts). Each device first calibrates its two weights on its own training history
-  (:func:`client.profile.calibrate_scoring`: the latest 20% of its training events against
-  public catalogue items), on the device, with a calibration sample drawn apart from the test
-  negatives.
+- **Scoring** (both profiles alike): :meth:`client.profile.InterestProfile.score` with the
+  device's taste model (:func:`client.taste.fit_taste`: a logistic regression, fit on the
+  device, of its own training items against untouched public catalogue items, on the raw
+  item vector and the popularity prior), i.e. ``z(taste logits) + level_weight x z(level
+  similarity) + recent_weight x z(recent-event similarity)``, where the prior is the
+  empirical-Bayes popularity of :mod:`common.popularity` (federated: from the DP item counts
+  the run released, with their noise; centralized: the exact counts). Each device first
+  calibrates its two weights on its own training history
+  (:func:`client.profile.calibrate_scoring`: taste model and profile from the earlier 80% of
+  its training events, the latest 20% against public catalogue items), on the device, with
+  calibration and taste-model samples drawn apart from the test negatives. A device with too
+  few items for a taste model falls back to the profile score without it.
 - **Classification**: each held-out event's level-1 and level-2 category is predicted as the
   ground-truth label (majority over training events) of the user's top level-1 node and top
   leaf: accuracy and macro precision/recall/F1.
@@ -33,6 +37,7 @@ import numpy as np
 import numpy.typing as npt
 
 from client.profile import InterestProfile, ProfileConfig, calibrate_scoring
+from client.taste import TasteConfig, fit_taste
 from common.adapter import AdapterWeights
 from common.events import Event
 from common.hierarchy import Hierarchy
@@ -119,6 +124,8 @@ def ranking_eval(
     """
     rng = np.random.default_rng(seed)
     calib_rng = np.random.default_rng([seed, 1])
+    taste_rng = np.random.default_rng([seed, 2])
+    taste_cfg = TasteConfig()
     ids = sorted(items)
     item_index = {i: n for n, i in enumerate(ids)}
     item_raw = vectors([items[i] for i in ids])
@@ -150,9 +157,13 @@ def ranking_eval(
                 adapter=side.adapter,
                 encoder_id=side.encoder_id,
                 rng=calib_rng,
+                taste=taste_cfg,
+            )
+            taste = fit_taste(
+                train[uid], tr_raw, ids, item_raw, prior=prior, rng=taste_rng, config=taste_cfg
             )
             methods[side.name] = side.profile(train[uid], tr_raw, config).score(
-                raw, prior=None if prior is None else prior[cand_index]
+                raw, prior=None if prior is None else prior[cand_index], taste=taste
             )
         methods["popularity"] = np.asarray(
             [train_popularity.get(c, 0.0) for c in cand], dtype=np.float64

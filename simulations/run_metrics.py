@@ -38,7 +38,7 @@ from simulations.evaluation import (
     seed_method_baseline,
 )
 from simulations.options import SimulateOptions
-from simulations.seeding import SEEDS_FILE, load_seeds
+from simulations.seeding import load_seeds, seeding_record
 
 __all__ = [
     "RunData",
@@ -105,7 +105,8 @@ def run_metrics(data: RunData, h: Hierarchy, summaries: list[RoundSummary]) -> d
         "mode": p.mode.value,
         "no_dp": p.no_dp,
         "unit": p.unit.value,
-        "seeding": "catalogue" if (out_dir / SEEDS_FILE).is_file() else "vocabulary",
+        "seeding": seeding_record(out_dir)["seeding"],
+        "seeding_detail": seeding_record(out_dir),
         "epsilon_user_level_total": total_user,
         "epsilon_event_level_total": total,
         "epsilon_event_level_per_round": per_round,

@@ -12,6 +12,7 @@ names the leaves.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -22,20 +23,31 @@ from client.local_clustering import weighted_kmeans
 from client.store import EmbeddingCache
 from common.config import RunConfig
 from common.errors import ConfigError
+from common.jsonio import atomic_write_text
 from common.projection import PublicProjection, normalize_rows
 from common.vocabulary import LabelSpace
 from server.naming import CatalogueTexts
 
 __all__ = [
     "NAMES_FILE",
+    "SEEDING_FILE",
     "SEEDS_FILE",
+    "VOCABULARY_FIT",
     "catalogue_seeds",
     "load_names",
     "load_seeds",
+    "seeding_record",
+    "vocabulary_fit",
     "write_public_files",
 ]
 
 SEEDS_FILE = "seeds.npy"
+#: What seeded the run and why (``auto``: the vocabulary's fit to the catalogue).
+SEEDING_FILE = "seeding.json"
+#: ``auto`` seeds from the vocabulary when it describes at least this share of the
+#: catalogue (:func:`vocabulary_fit`): a taxonomy that fits the catalogue seeds better than
+#: k-means of it (measured on the synthetic data, docs/federated.md); else the catalogue.
+VOCABULARY_FIT = 0.5
 #: The public catalogue embedded (ids, texts, projected vectors): what names the tree's nodes.
 NAMES_FILE = "catalogue.npz"
 
@@ -125,7 +137,31 @@ def write_public_files(
         seed=run.seed,
         labels=labels if c.snap_labels else None,
     )
-    np.save(out / SEEDS_FILE, seeds, allow_pickle=False)
+    fit = vocabulary_fit(projection(encode_cached(encoder, cache, catalogue)), seeds, labels)
+    resolved = c.seeding
+    if c.seeding == "auto":
+        resolved = "vocabulary" if fit >= VOCABULARY_FIT else "catalogue"
+    record = {"requested": c.seeding, "seeding": resolved, "vocabulary_fit": round(fit, 4)}
+    atomic_write_text(out / SEEDING_FILE, json.dumps(record, indent=2) + "\n")
+    if resolved == "catalogue":
+        np.save(out / SEEDS_FILE, seeds, allow_pickle=False)
+
+
+def vocabulary_fit(
+    catalogue: npt.NDArray[np.float32], seeds: npt.NDArray[np.float32], labels: LabelSpace
+) -> float:
+    """The share of the catalogue's texts whose catalogue cluster (nearest seed) has a
+    vocabulary leaf label within the measured naming threshold
+    (:func:`server.naming.label_threshold`): how much of the catalogue the taxonomy
+    describes. Measured: the synthetic data (whose items the vocabulary's categories
+    generate) 0.8-0.9, KuaiRec under 0.1 (docs/federated.md)."""
+    from server.naming import label_threshold
+
+    vocab = labels.vocabulary
+    _, vecs = labels.subset(list(vocab.leaves) or list(vocab.labels))
+    close = (seeds @ vecs.T).max(axis=1) >= label_threshold(labels)
+    nearest = np.argmax(catalogue @ seeds.T, axis=1)
+    return float(close[nearest].mean()) if len(nearest) else 0.0
 
 
 def load_names(out: Path) -> CatalogueTexts | None:
@@ -137,6 +173,15 @@ def load_names(out: Path) -> CatalogueTexts | None:
         return CatalogueTexts(
             tuple(str(i) for i in z["ids"]), tuple(str(t) for t in z["texts"]), z["vectors"]
         )
+
+
+def seeding_record(out: Path) -> dict[str, object]:
+    """What seeded the run (``seeding``) and, with a catalogue, the vocabulary's fit to it."""
+    path = out / SEEDING_FILE
+    if path.is_file():
+        record: dict[str, object] = json.loads(path.read_text(encoding="utf-8"))
+        return record
+    return {"seeding": "catalogue" if (out / SEEDS_FILE).is_file() else "vocabulary"}
 
 
 def load_seeds(out: Path) -> npt.NDArray[np.float32] | None:
