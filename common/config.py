@@ -143,12 +143,12 @@ class ClusteringConfig:
         memory / prior_strength / live_z / new_leaf_z / merge_cosine / split_mass /
             max_leaves: :class:`server.aggregation.AggregationConfig`.
         tree_z: significance a leaf needs to appear in the published tree (``None``, the
-            default: the level at which a leaf that no device's data reaches is listed with
-            probability :attr:`tree_null_rate`, from the chi-square law of its noise energy,
-            :func:`server.aggregation.null_listing_z`; measured on null rounds in
-            tests/server/test_listing.py). 0 lists every leaf whose bias-corrected mass
-            estimate is positive (pure noise passes half the time).
-        tree_null_rate: the share of empty leaves the default ``tree_z`` lets through.
+            default: Benjamini-Hochberg at false-discovery rate :attr:`tree_null_rate` over
+            the leaves' chi-square null p-values, :func:`server.aggregation.listed_leaves`;
+            an empty leaf is listed with probability at most that rate, measured on null
+            rounds in tests/server/test_listing.py). 0 lists every leaf whose
+            bias-corrected mass estimate is positive (pure noise passes half the time).
+        tree_null_rate: the false-discovery rate of the default listing.
         cut: level-1 cut criterion (``labels``, ``silhouette``, ``gap`` or ``fixed``).
         level1_k: the number of level-1 nodes with ``fixed``.
         label_weight: weight of the public label prior in the level-1 linkage (0 = off).

@@ -51,7 +51,7 @@ from common.privacy.ledger import LedgerEntry, Mechanism, Scope
 from common.records import ReleaseMode, ReleaseTask, encode_ids
 from common.round_config import RoundConfig
 from common.vocabulary import LabelSpace
-from server.aggregation import LeafState, aggregate_round, leaf_statistics, null_listing_z
+from server.aggregation import LeafState, aggregate_round, leaf_statistics, listed_leaves
 from server.hierarchy_builder import build_hierarchy
 from server.round_state import (
     AdapterState,
@@ -379,8 +379,10 @@ def _build_tree(
 ) -> Hierarchy:
     mass, z = leaf_statistics(leaves)
     c = config.run.clustering
-    threshold = c.tree_z if c.tree_z is not None else null_listing_z(leaves.dim, c.tree_null_rate)
-    live = np.where(z >= threshold)[0]
+    if c.tree_z is not None:
+        live = np.where(z >= c.tree_z)[0]
+    else:
+        live = listed_leaves(z, leaves.dim, c.tree_null_rate)
     if len(live) < _MIN_TREE_LEAVES:
         # too little signal for a tree: keep the most significant leaves (post-processing)
         live = np.argsort(-z)[: min(_MIN_TREE_LEAVES, leaves.num_leaves)]
