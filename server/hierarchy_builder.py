@@ -39,7 +39,7 @@ from common.errors import ConfigError
 from common.hierarchy import Hierarchy, Node, NodeChange
 from common.projection import normalize_rows
 from common.vocabulary import LabelSpace
-from server.naming import CatalogueTexts, NamingConfig, label_threshold, name_nodes
+from server.naming import CatalogueTexts, NamingConfig, close_leaf_labels, name_nodes
 
 __all__ = [
     "CutCriterion",
@@ -273,17 +273,7 @@ def _label_leaves(
 ) -> list[tuple[tuple[str, float], ...]]:
     if labels is None:
         return [() for _ in range(len(centroids))]
-    cand = [lab for lab in labels.vocabulary.labels if lab.depth > 1] or list(
-        labels.vocabulary.labels
-    )
-    cand, vecs = labels.subset(cand)
-    sims = np.asarray(centroids, dtype=np.float32) @ vecs.T
-    close = label_threshold(labels)
-    out = []
-    for row in sims:
-        top = np.argsort(-row)[:num]
-        out.append(tuple((cand[i].full, float(row[i])) for i in top if row[i] >= close))
-    return out
+    return close_leaf_labels(centroids, labels, num)
 
 
 def _change(old: float | None, new: float, ratio: float) -> str:

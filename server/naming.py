@@ -106,6 +106,7 @@ __all__ = [
     "RepresentativeItem",
     "assign_items",
     "class_tfidf",
+    "close_leaf_labels",
     "item_weights",
     "label_threshold",
     "name_nodes",
@@ -591,6 +592,21 @@ def label_threshold(labels: LabelSpace) -> float:
     return _threshold(None, LABEL_THRESHOLDS, labels)
 
 
+def close_leaf_labels(
+    centroids: npt.NDArray[np.float32],
+    labels: LabelSpace,
+    num: int,
+    threshold: float | None = None,
+) -> list[NodeLabels]:
+    """Per leaf (unit rows of ``centroids``), its at most ``num`` nearest vocabulary labels
+    below the roots (all labels when the vocabulary has no depth) whose cosine reaches
+    ``threshold`` (``None``: :func:`label_threshold`), best first."""
+    voc = labels.vocabulary.labels
+    cand, vecs = labels.subset([lab for lab in voc if lab.depth > 1] or list(voc))
+    t = _threshold(threshold, LABEL_THRESHOLDS, labels)
+    return _close_labels(np.asarray(centroids, dtype=np.float32), cand, vecs, t, num)
+
+
 def _threshold(value: float | None, table: Mapping[str, float], labels: LabelSpace) -> float:
     if value is not None:
         return float(value)
@@ -732,11 +748,7 @@ def name_nodes(
     leaf_close: list[NodeLabels] = [() for _ in range(n)]
     group_close: list[NodeLabels] = [() for _ in groups]
     if labels is not None:
-        voc = labels.vocabulary.labels
-        cand = [lab for lab in voc if lab.depth > 1] or list(voc)
-        cand, vecs = labels.subset(cand)
-        t_leaf = _threshold(cfg.label_threshold, LABEL_THRESHOLDS, labels)
-        leaf_close = _close_labels(c, cand, vecs, t_leaf, cfg.num_labels)
+        leaf_close = close_leaf_labels(c, labels, cfg.num_labels, cfg.label_threshold)
         if len(groups):
             roots, rvecs = labels.subset(labels.vocabulary.roots)
             t_root = _threshold(cfg.root_threshold, ROOT_THRESHOLDS, labels)
