@@ -100,13 +100,14 @@ def run_metrics(data: RunData, h: Hierarchy, summaries: list[RoundSummary]) -> d
     total = done[-1].epsilon_event_level if done else 0.0
     total_user = done[-1].epsilon_user_level if done else 0.0
     sampled_rounds = sum(s.sampled for s in summaries) or 1
+    seeding = seeding_record(out_dir)
     out: dict[str, Any] = {
         "dataset": bundle.name,
         "mode": p.mode.value,
         "no_dp": p.no_dp,
         "unit": p.unit.value,
-        "seeding": seeding_record(out_dir)["seeding"],
-        "seeding_detail": seeding_record(out_dir),
+        "seeding": seeding["seeding"],
+        "seeding_detail": seeding,
         "epsilon_user_level_total": total_user,
         "epsilon_event_level_total": total,
         "epsilon_event_level_per_round": per_round,

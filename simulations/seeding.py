@@ -53,27 +53,25 @@ NAMES_FILE = "catalogue.npz"
 
 
 def catalogue_seeds(
-    catalogue: list[str],
+    vectors: npt.NDArray[np.float32],
     k: int,
     *,
-    encoder: TextEncoder,
-    cache: EmbeddingCache,
-    projection: PublicProjection,
     seed: int,
     labels: LabelSpace | None = None,
 ) -> npt.NDArray[np.float32]:
-    """``k`` spherical k-means centroids of the catalogue's projected embeddings (fewer when
-    the catalogue has fewer distinct texts), unit rows. With ``labels``, a centroid whose
-    nearest vocabulary leaf label is close (:func:`server.naming.label_threshold`, the
-    measured cosine at which a label describes a cluster) is replaced by that label's vector
-    (each label once): the taxonomy anchors the clusters it describes and nothing else."""
-    texts = sorted(set(catalogue))
-    if len(texts) < 2:
+    """``k`` spherical k-means centroids of the catalogue's distinct texts, embedded and
+    projected (``vectors``; fewer centroids when there are fewer texts), unit rows. With
+    ``labels``, a centroid whose nearest vocabulary leaf label is close
+    (:func:`server.naming.label_threshold`, the measured cosine at which a label describes a
+    cluster) is replaced by that label's vector (each label once): the taxonomy anchors the
+    clusters it describes and nothing else."""
+    if len(vectors) < 2:
         raise ConfigError(
-            f"`--seeding catalogue` needs a public catalogue of at least 2 texts. Found {len(texts)}."
+            f"`--seeding catalogue` needs a public catalogue of at least 2 texts. Found {len(vectors)}."
         )
-    x = projection(encode_cached(encoder, cache, texts))
-    km = weighted_kmeans(x, np.ones(len(x)), min(k, len(x)), rng=np.random.default_rng([seed, 7]))
+    km = weighted_kmeans(
+        vectors, np.ones(len(vectors)), min(k, len(vectors)), rng=np.random.default_rng([seed, 7])
+    )
     live = np.flatnonzero(km.masses_ > 0)
     seeds = normalize_rows(km.cluster_centers_[live])
     if labels is not None:
@@ -114,30 +112,25 @@ def write_public_files(
     labels.save(out / "labels.npz")
     vocabulary = labels.vocabulary
     c = run.clustering
+    # the distinct texts, embedded once: they name the nodes and seed the first round
     catalogue = sorted(set(items.values()))
-    if items:
+    x = projection(encode_cached(encoder, cache, catalogue)) if catalogue else None
+    if items and x is not None:
         ids = sorted(items)
-        texts = [items[i] for i in ids]
-        vectors = projection(encode_cached(encoder, cache, texts))
+        row = {t: i for i, t in enumerate(catalogue)}
         np.savez(
             out / NAMES_FILE,
             ids=np.asarray(ids, dtype=str),
-            texts=np.asarray(texts, dtype=str),
-            vectors=vectors.astype(np.float32),
+            texts=np.asarray([items[i] for i in ids], dtype=str),
+            vectors=x[[row[items[i]] for i in ids]].astype(np.float32),
         )
     if c.seeding == "vocabulary" or (c.seeding == "auto" and len(catalogue) < 2):
         return
     k = c.seed_leaves or len(vocabulary.leaves) or len(vocabulary.labels)
-    seeds = catalogue_seeds(
-        catalogue,
-        k,
-        encoder=encoder,
-        cache=cache,
-        projection=projection,
-        seed=run.seed,
-        labels=labels if c.snap_labels else None,
-    )
-    fit = vocabulary_fit(projection(encode_cached(encoder, cache, catalogue)), seeds, labels)
+    if x is None:
+        x = np.zeros((0, labels.dim), dtype=np.float32)
+    seeds = catalogue_seeds(x, k, seed=run.seed, labels=labels if c.snap_labels else None)
+    fit = vocabulary_fit(x, seeds, labels)
     resolved = c.seeding
     if c.seeding == "auto":
         resolved = "vocabulary" if fit >= VOCABULARY_FIT else "catalogue"
