@@ -24,6 +24,7 @@ DEFAULT_USER_CLIPPING_NORM = {Scope.USER: 1.0, Scope.EVENT: 100.0}
 
 __all__ = [
     "DEFAULT_USER_CLIPPING_NORM",
+    "SEEDINGS",
     "AdapterConfig",
     "AnalyticsConfig",
     "ClusteringConfig",
@@ -132,6 +133,10 @@ class PrivacyConfig:
         return self.device_epsilon if self.device_epsilon is not None else self.epsilon
 
 
+#: What can seed the first round's leaves (:attr:`ClusteringConfig.seeding`).
+SEEDINGS = ("auto", "vocabulary", "catalogue", "private")
+
+
 @dataclass(frozen=True)
 class ClusteringConfig:
     """The public space, the device's assignment, and the server's aggregation rules.
@@ -143,25 +148,29 @@ class ClusteringConfig:
         memory / prior_strength / live_z / new_leaf_z / merge_cosine / split_mass /
             max_leaves: :class:`server.aggregation.AggregationConfig`.
         tree_z: significance a leaf needs to appear in the published tree (``None``, the
-            default: Benjamini-Hochberg at false-discovery rate :attr:`tree_null_rate` over
-            the leaves' chi-square null p-values, :func:`server.aggregation.listed_leaves`;
-            an empty leaf is listed with probability at most that rate, measured on null
-            rounds in tests/server/test_listing.py). 0 lists every leaf whose
+            default: Holm's test at family-wise error rate :attr:`tree_null_rate` over the
+            leaves' chi-square null p-values, :func:`server.aggregation.listed_leaves`; the
+            chance that any leaf without data is listed is at most that rate, measured on
+            null rounds in tests/server/test_listing.py). 0 lists every leaf whose
             bias-corrected mass estimate is positive (pure noise passes half the time).
-        tree_null_rate: the false-discovery rate of the default listing.
+        tree_null_rate: the family-wise error rate of the default listing.
         cut: level-1 cut criterion (``labels``, ``silhouette``, ``gap`` or ``fixed``).
         level1_k: the number of level-1 nodes with ``fixed``.
         label_weight: weight of the public label prior in the level-1 linkage (0 = off).
         seeding: what seeds the first round's leaves: ``catalogue`` (spherical k-means++ then
             k-means on the public catalogue's embeddings, ``seed_leaves`` of them; simulations
-            only in this version: :mod:`simulations.seeding`), ``vocabulary`` (one leaf per
-            leaf label of the public vocabulary), or ``auto`` (the default: the catalogue
-            when the run has one of at least 2 texts, else the vocabulary; a deployed run,
-            whose server holds no catalogue texts in this version, seeds from the
+            only in this version: :mod:`simulations.seeding`), ``private`` (round 1 releases
+            over a public codebook and the server reduces the significant cells to
+            ``seed_leaves`` leaves: :mod:`server.private_seeding`; no catalogue needed),
+            ``vocabulary`` (one leaf per leaf label of the public vocabulary), or ``auto``
+            (the default: with a catalogue, the vocabulary when it describes at least half
+            of it, else the catalogue: :mod:`simulations.seeding`; without one, the
             vocabulary). A run states the seeding it used (``metrics.json``).
-        seed_leaves: the number of catalogue seeds (``None``: as many as the vocabulary has
+        seed_leaves: the number of catalogue (or private) seeds (``None``: as many as the vocabulary has
             leaf labels, 136 for the default vocabulary: measured on KuaiRec and the
             synthetic data against 256, docs/federated.md).
+        codebook_size: ``private`` seeding: the public codebook's cells in round 1
+            (:mod:`server.private_seeding`).
         snap_labels: move a catalogue seed onto its nearest vocabulary leaf label when that
             label is within the measured naming threshold (off by default: measured worse
             on the synthetic data, docs/federated.md).
@@ -185,11 +194,21 @@ class ClusteringConfig:
     seeding: str = "auto"
     seed_leaves: int | None = None
     snap_labels: bool = False
+    codebook_size: int = 256
 
     def __post_init__(self) -> None:
-        if self.seeding not in ("auto", "vocabulary", "catalogue"):
+        if self.seeding not in SEEDINGS:
             raise ConfigError(
-                f"`seeding` must be auto, vocabulary or catalogue. Found {self.seeding!r}."
+                f"`seeding` must be one of {', '.join(SEEDINGS)}. Found {self.seeding!r}."
+            )
+        if not (
+            isinstance(self.codebook_size, int)
+            and not isinstance(self.codebook_size, bool)
+            and 2 <= self.codebook_size <= self.max_leaves
+        ):
+            raise ConfigError(
+                f"`codebook_size` must be an int in [2, max_leaves={self.max_leaves}]. "
+                f"Found {self.codebook_size!r}."
             )
         if self.seed_leaves is not None and not (
             isinstance(self.seed_leaves, int)

@@ -86,7 +86,8 @@ def _from_run_config(cfg: dict[str, Any]) -> tuple[RunConfig, LabelSpace, Path, 
     if run.clustering.seeding == "catalogue":
         raise ConfigError(
             f"`clustering-seeding` {run.clustering.seeding!r} is simulation-only in this "
-            "version: a deployed run seeds from the label vocabulary (`auto` resolves to it)."
+            "version: a deployed run seeds from the label vocabulary (`auto` resolves to it) or "
+            "from its devices' data (`private`)."
         )
     labels = LabelSpace.load(str(cfg[LABELS_FILE_KEY]))
     expected = cfg.get(EXPECTED_NODES_KEY)

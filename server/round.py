@@ -53,6 +53,7 @@ from common.round_config import RoundConfig
 from common.vocabulary import LabelSpace
 from server.aggregation import LeafState, aggregate_round, leaf_statistics, listed_leaves
 from server.hierarchy_builder import build_hierarchy
+from server.private_seeding import reduce_codebook
 from server.round_state import (
     AdapterState,
     AdapterUpdate,
@@ -282,6 +283,15 @@ def round_step(
         config=config.aggregation,
         server_round=server_round,
     )
+    if config.private_k is not None and state.hierarchy is None:
+        # private seeding: this was the codebook round; its significant cells become the
+        # leaves (post-processing, server.private_seeding)
+        leaves = reduce_codebook(
+            leaves,
+            config.private_k,
+            null_rate=config.run.clustering.tree_null_rate,
+            seed=config.projection.seed,
+        )
     # the devices assigned in the space of the adapter they were sent: the tree is labelled
     # in that space, and that adapter is stored with the version
     tree_adapter = state.adapter.weights

@@ -38,6 +38,7 @@ from common.vocabulary import LabelSpace
 from server.aggregation import AggregationConfig, LeafState, initial_state
 from server.hierarchy_builder import CutCriterion, TreeConfig
 from server.naming import CatalogueTexts
+from server.private_seeding import public_codebook
 
 __all__ = [
     "AdapterState",
@@ -96,6 +97,8 @@ class ServerConfig:
             (catalogue seeding), shape ``(k, dim)``, unit rows.
         names: the public catalogue's texts, embedded: what names the tree's nodes
             (:mod:`server.naming`); ``None``: close vocabulary labels only.
+        private_k: with ``private`` seeding, the leaves the codebook round is reduced to
+            (:mod:`server.private_seeding`; ``seeds`` is then the public codebook).
     """
 
     run: RunConfig
@@ -107,6 +110,7 @@ class ServerConfig:
     catalogue: tuple[str, ...] | None = None
     seeds: npt.NDArray[np.float32] | None = None
     names: CatalogueTexts | None = None
+    private_k: int | None = None
 
     @classmethod
     def build(
@@ -157,6 +161,15 @@ class ServerConfig:
             criterion=CutCriterion(c.cut), level1_k=c.level1_k, label_weight=c.label_weight
         )
         checked = None
+        private_k = None
+        if c.seeding == "private":
+            if seeds is not None:
+                raise ConfigError(
+                    "`seeding` 'private' draws its own codebook; catalogue `seeds` were given too."
+                )
+            vocab = labels.vocabulary
+            private_k = c.seed_leaves or len(vocab.leaves) or len(vocab.labels)
+            seeds = public_codebook(labels.dim, c.codebook_size, c.projection_seed)
         if seeds is not None:
             checked = np.asarray(seeds, dtype=np.float32)
             if (
@@ -173,7 +186,7 @@ class ServerConfig:
             raise ConfigError(
                 f"`names` vectors must have dimension {labels.dim}. Found {names.vectors.shape}."
             )
-        return cls(run, labels, projection, z, aggregation, tree, items, checked, names)
+        return cls(run, labels, projection, z, aggregation, tree, items, checked, names, private_k)
 
     def task_noise_multiplier(self, task: ReleaseTask) -> float:
         """The task's ``z``: the tree's times the task's noise factor (``AnalyticsConfig``)."""
@@ -282,8 +295,8 @@ class ServerState:
 
 
 def initial_server_state(config: ServerConfig) -> ServerState:
-    """Cold start: one public leaf per leaf label (or per catalogue seed, with
-    :attr:`ServerConfig.seeds`), the adapter at its public initial weights."""
+    """Cold start: one public leaf per leaf label (or per catalogue seed or codebook cell,
+    with :attr:`ServerConfig.seeds`), the adapter at its public initial weights."""
     vocab = config.labels.vocabulary
     if config.seeds is not None:
         seeds = config.seeds

@@ -124,6 +124,15 @@ def write_public_files(
             texts=np.asarray([items[i] for i in ids], dtype=str),
             vectors=x[[row[items[i]] for i in ids]].astype(np.float32),
         )
+    if c.seeding == "private":
+        record = {
+            "requested": c.seeding,
+            "seeding": "private",
+            "codebook_size": c.codebook_size,
+            "seed_leaves": c.seed_leaves or len(vocabulary.leaves) or len(vocabulary.labels),
+        }
+        atomic_write_text(out / SEEDING_FILE, json.dumps(record, indent=2) + "\n")
+        return
     if c.seeding == "vocabulary" or (c.seeding == "auto" and len(catalogue) < 2):
         return
     k = c.seed_leaves or len(vocabulary.leaves) or len(vocabulary.labels)

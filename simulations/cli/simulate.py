@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from common.config import (
     DEFAULT_USER_CLIPPING_NORM,
+    SEEDINGS,
     AdapterConfig,
     AnalyticsConfig,
     ClusteringConfig,
@@ -71,7 +72,14 @@ _RUN_FLAGS: dict[str | None, tuple[str, ...]] = {
         "no_dp",
         "min_cohort_fraction",
     ),
-    "clustering": ("tree_z", "seeding", "seed_leaves", "snap_labels", "level1_k"),
+    "clustering": (
+        "tree_z",
+        "seeding",
+        "seed_leaves",
+        "snap_labels",
+        "level1_k",
+        "codebook_size",
+    ),
     "analytics": ("histogram", "top_k", "popularity_noise_factor"),
     "adapter": (),
 }
@@ -243,6 +251,26 @@ def _or_nan(v: Any) -> float:
     return float("nan") if v is None else float(v)
 
 
+def _print_genres(genres: dict[str, Any]) -> None:
+    """The genre check's table (flat multi-label genres; see :mod:`simulations.genres`)."""
+    cols = [c for c in ("federated", "centralized", "seed_method") if c in genres]
+    ratios = [("ratio", "fed/central"), ("seed_method_ratio", "fed/seed")]
+    ratios = [(k, name) for k, name in ratios if k in genres]
+    print(
+        f"\ngenre check: the tree's nodes against the items' flat genres ({genres['events']} "
+        "events, 1/G per genre of an event with G)"
+    )
+    print(
+        f"{'genres':<20}"
+        + "".join(f"{c.replace('_', ' '):>13}" for c in cols)
+        + "".join(f"{name:>13}" for _, name in ratios)
+    )
+    for key in genres["federated"]:
+        row = "".join(f"{_or_nan(genres[c].get(key)):>13.3f}" for c in cols)
+        row += "".join(f"{_or_nan(genres[k].get(key)):>13.3f}" for k, _ in ratios)
+        print(f"{key:<20}{row}")
+
+
 def _print_run_summary(run_dir: Path, metrics: dict[str, Any]) -> None:
     from common.hierarchy import Hierarchy
 
@@ -268,8 +296,10 @@ def _print_run_summary(run_dir: Path, metrics: dict[str, Any]) -> None:
             row = "".join(f"{metrics[c].get(key, nan):>13.3f}" for c in cols)
             row += "".join(f"{_or_nan(metrics[k].get(key)):>13.3f}" for k, _ in ratios)
             print(f"{key:<20}{row}")
-    else:
+    elif "genres" not in metrics:
         print("\n(no ground-truth categories in this dataset: clustering metrics omitted)")
+    if isinstance(metrics.get("genres"), dict):
+        _print_genres(metrics["genres"])
     ranking = metrics.get("ranking") or {}
     sides = [c for c in ("federated", "centralized", "popularity", "random") if c in ranking]
     if sides:
@@ -505,23 +535,32 @@ def add_run_settings(p: argparse.ArgumentParser, *, populations: bool = False) -
         "--tree-z",
         type=finite_float,
         default=None,
-        help="significance a leaf needs to be listed in the published tree (default: the level "
-        f"a leaf without data passes {d.clustering.tree_null_rate * 100:g}%% of the time; 0 lists "
-        "every leaf with a positive estimated mass)",
+        help="significance a leaf needs to be listed in the published tree (default: Holm's "
+        f"test, under which any leaf without data is listed at most {d.clustering.tree_null_rate * 100:g}%% "
+        "of the time; 0 lists every leaf with a positive estimated mass)",
     )
     p.add_argument(
         "--seeding",
-        choices=["auto", "catalogue", "vocabulary"],
+        choices=list(SEEDINGS),
         default=d.clustering.seeding,
-        help="what seeds the first round's leaves: k-means on the public catalogue's "
-        "embeddings, the label vocabulary's leaf labels, or auto: the catalogue when the "
-        f"dataset has one (default {d.clustering.seeding})",
+        help="what seeds the first round's leaves: catalogue: k-means on the public "
+        "catalogue's embeddings; private: round 1 over a public codebook, its significant "
+        "cells reduced by k-means on the server (no catalogue needed); vocabulary: the label "
+        "vocabulary's leaf labels; auto: the vocabulary when it describes at least half the "
+        f"catalogue, else the catalogue (default {d.clustering.seeding})",
+    )
+    p.add_argument(
+        "--codebook-size",
+        type=positive_int,
+        default=d.clustering.codebook_size,
+        help=f"private seeding: the codebook's cells in round 1 (default {d.clustering.codebook_size})",
     )
     p.add_argument(
         "--seed-leaves",
         type=positive_int,
         default=None,
-        help="catalogue seeding: the number of seeds (default: the vocabulary's leaf count)",
+        help="catalogue or private seeding: the number of seeds (default: the vocabulary's "
+        "leaf count)",
     )
     p.add_argument(
         "--snap-labels",

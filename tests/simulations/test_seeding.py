@@ -49,9 +49,48 @@ def test_catalogue_seeding_run(tmp_path: Path, cache: Path) -> None:
     assert set(m["centralized"]) == set(m["federated"])
 
 
+def test_private_seeding_run(tmp_path: Path, cache: Path) -> None:
+    """``--seeding private``: round 1 releases over the public codebook (as many leaves as
+    cells in its request), round 2 over at most ``seed_leaves`` leaves reduced from it; no
+    seeds file, the seeding stated in metrics.json, the baselines computed."""
+    run = RunConfig(
+        rounds=2,
+        seed=4,
+        privacy=PrivacyConfig(epsilon=4.0),
+        clustering=ClusteringConfig(seeding="private", seed_leaves=24, codebook_size=64),
+    )
+    out = tmp_path / "run"
+    m = simulate(
+        SimulateOptions(
+            dataset="synthetic",
+            clients=300,
+            out=out,
+            run=run,
+            events_per_user=25,
+            cache=cache,
+            engine=Engine.BATCHED,
+        )
+    )
+    assert not (out / SEEDS_FILE).exists()
+    assert m["seeding"] == "private" and m["rounds_completed"] == 2
+    assert m["seeding_detail"]["codebook_size"] == 64
+    versions = [Hierarchy.from_json(b) for b in _versions(out)]
+    assert len(versions) == 2 and len(versions[0].leaves) <= 24
+    assert set(m["centralized"]) == set(m["federated"])
+
+
+def _versions(out: Path) -> list[str]:
+    import sqlite3
+
+    with sqlite3.connect(out / "server.db") as con:
+        return [b for (b,) in con.execute("SELECT body FROM versions ORDER BY version")]
+
+
 def test_catalogue_seeding_settings_are_checked() -> None:
-    with pytest.raises(ConfigError, match="`seeding` must be auto, vocabulary or catalogue"):
+    with pytest.raises(ConfigError, match="`seeding` must be one of auto, vocabulary, catalogue"):
         ClusteringConfig(seeding="lsh")
+    with pytest.raises(ConfigError, match="`codebook_size` must be an int in"):
+        ClusteringConfig(seeding="private", codebook_size=1000)
     with pytest.raises(ConfigError, match="`seed_leaves` must be an int in"):
         ClusteringConfig(seeding="catalogue", seed_leaves=1)
     assert replace(ClusteringConfig(), seeding="catalogue").seed_leaves is None
