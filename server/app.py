@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from common.config import RunConfig
 from common.errors import ConfigError
 from common.vocabulary import LabelSpace
 from server.collectors import ReleaseCollector
+from server.private_seeding import auto_seeding
 from server.round import RoundSummary, ServerConfig
 from server.round_loop import RoundLoop
 from server.storage import ServerStorage
@@ -90,8 +92,19 @@ def _from_run_config(cfg: dict[str, Any]) -> tuple[RunConfig, LabelSpace, Path, 
             "from its devices' data (`private`)."
         )
     labels = LabelSpace.load(str(cfg[LABELS_FILE_KEY]))
-    expected = cfg.get(EXPECTED_NODES_KEY)
-    return run, labels, Path(str(cfg[RUN_DIR_KEY])), None if expected is None else int(expected)
+    raw = cfg.get(EXPECTED_NODES_KEY)
+    expected = None if raw is None else int(raw)
+    return deployed_seeding(run, expected), labels, Path(str(cfg[RUN_DIR_KEY])), expected
+
+
+def deployed_seeding(run: RunConfig, expected_nodes: int | None) -> RunConfig:
+    """``run`` with its seeding resolved for a deployed server, which holds no catalogue:
+    ``auto`` seeds privately from a population that can carry it (``expected_nodes``), else
+    from the vocabulary (:func:`server.private_seeding.auto_seeding`)."""
+    c = run.clustering
+    if auto_seeding(c.seeding, has_catalogue=False, population=expected_nodes) == "private":
+        return replace(run, clustering=replace(c, seeding="private"))
+    return run
 
 
 app = ServerApp()

@@ -32,10 +32,28 @@ from common.kmeans import weighted_kmeans
 from common.projection import normalize_rows
 from server.aggregation import LeafState, leaf_statistics, listed_leaves
 
-__all__ = ["public_codebook", "reduce_codebook"]
+__all__ = ["PRIVATE_SEEDING_POPULATION", "auto_seeding", "public_codebook", "reduce_codebook"]
+
+#: ``auto`` seeds privately (where no catalogue seeds the run) from this many devices up;
+#: below it the vocabulary seeds, as a last resort. The codebook round's cells need users
+#: to rise above user-level noise: measured, the user-level DP-Lloyd study in the brief
+#: (ratios to centralized 0.68 / 0.87 at 1,000 devices, 0.96 / 0.98 at 10,000), and
+#: KuaiRec private seeding in docs/federated.md.
+PRIVATE_SEEDING_POPULATION = 1000
 
 #: k-means++ starts of the reduction (post-processing: as many as the server likes).
 _STARTS = 8
+
+
+def auto_seeding(requested: str, *, has_catalogue: bool, population: int | None) -> str:
+    """What ``requested`` seeding resolves to where the server has ``has_catalogue`` seeds
+    or not, for ``population`` devices (``None``: unknown): ``auto`` without a catalogue is
+    ``private`` from :data:`PRIVATE_SEEDING_POPULATION` devices up, else ``vocabulary``."""
+    if requested != "auto" or has_catalogue:
+        return requested
+    if population is not None and population >= PRIVATE_SEEDING_POPULATION:
+        return "private"
+    return "vocabulary"
 
 
 def public_codebook(dim: int, size: int, seed: int) -> npt.NDArray[np.float32]:

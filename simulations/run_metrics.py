@@ -1,6 +1,7 @@
 """A finished simulation's metrics: the federated tree against the centralized and catalogue
-baselines, the ranking / classification / drift evaluation of the device profiles, and the
-adapter and popularity releases it used (``metrics.json``)."""
+baselines (against category paths, or flat genres: :mod:`simulations.genres`), the ranking /
+classification / drift evaluation of the device profiles, and the adapter and popularity
+releases it used (``metrics.json``)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from common.config import RunConfig
 from common.events import Event
 from common.features import weights_for_events
 from common.hierarchy import Hierarchy
+from common.kmeans import weighted_kmeans
 from common.privacy import gaussian_epsilon
 from common.projection import PublicProjection
 from common.vocabulary import LabelSpace
@@ -37,6 +39,7 @@ from simulations.evaluation import (
     next_event_recall,
     seed_method_baseline,
 )
+from simulations.genres import GenreTruth, dataset_genres, genre_metrics, genre_summary
 from simulations.options import SimulateOptions
 from simulations.seeding import load_seeds, seeding_record
 
@@ -89,7 +92,8 @@ class RunData:
 
 def run_metrics(data: RunData, h: Hierarchy, summaries: list[RoundSummary]) -> dict[str, Any]:
     """``metrics.json``'s content: the run's privacy and cost figures, the tree against the
-    centralized and catalogue baselines, and the profile evaluation."""
+    centralized and catalogue baselines (``genres``: against flat multi-label genres, for a
+    dataset that has them), and the profile evaluation."""
     opts, run, bundle, events, held = data.opts, data.run, data.bundle, data.events, data.held
     train, test, encoder, cache = data.train, data.test, data.encoder, data.cache
     projection, labels, clients, out_dir = data.projection, data.labels, data.clients, data.out
@@ -155,6 +159,11 @@ def run_metrics(data: RunData, h: Hierarchy, summaries: list[RoundSummary]) -> d
     )
     leaves = list(labels.vocabulary.leaves) or list(labels.vocabulary.labels)
     seeds = load_seeds(out_dir)  # catalogue seeding: the baselines start where the run did
+    if seeds is None and seeding["seeding"] == "private":
+        # private seeding's centralized counterpart: k-means++ on the pooled events
+        k = int(seeding.get("seed_leaves") or len(leaves))
+        rng = np.random.default_rng([run.seed, 7])
+        seeds = weighted_kmeans(vectors, weights, min(k, len(vectors)), rng=rng).cluster_centers_
     if seeds is None:
         _, seeds = labels.subset(leaves)
     c = run.clustering
@@ -167,20 +176,11 @@ def run_metrics(data: RunData, h: Hierarchy, summaries: list[RoundSummary]) -> d
     )
     all_events = [*events, *held]
     truth = GroundTruth.from_events(all_events)
-    if truth is not None:
+    genres = GenreTruth.from_events(all_events, dataset_genres(opts.dataset))
+    if truth is not None or genres is not None:
         all_raw = encode_cached(encoder, cache, [e.text for e in all_events])
         all_vec = projection(all_raw)
         all_fed = projection(adapter.apply(all_raw)) if adapter is not None else all_vec
-        results = {
-            "federated": clustering_metrics(all_fed, h, truth),
-            "centralized": clustering_metrics(all_vec, central, truth),
-        }
-        if bundle.catalogue:
-            cat_vecs = projection(encode_cached(encoder, cache, bundle.catalogue))
-            catalogue = catalogue_baseline(
-                cat_vecs, seeds, labels=labels, fingerprint=projection.fingerprint, tree=tree
-            )
-            results["catalogue"] = clustering_metrics(all_vec, catalogue, truth)
         seed_tree = seed_method_baseline(
             vectors,
             len(h.level(2)),
@@ -188,14 +188,37 @@ def run_metrics(data: RunData, h: Hierarchy, summaries: list[RoundSummary]) -> d
             fingerprint=projection.fingerprint,
             seed=run.seed,
         )
-        results["seed_method"] = clustering_metrics(all_vec, seed_tree, truth)
-        out.update(results)
-        for key, base in (("ratio", "centralized"), ("seed_method_ratio", "seed_method")):
-            out[key] = {
-                k: (results["federated"][k] / results[base][k]) if results[base].get(k) else None
-                for k in METRIC_KEYS
-                if k in results["federated"]
+        if truth is not None:
+            results = {
+                "federated": clustering_metrics(all_fed, h, truth),
+                "centralized": clustering_metrics(all_vec, central, truth),
             }
+            if bundle.catalogue:
+                cat_vecs = projection(encode_cached(encoder, cache, bundle.catalogue))
+                catalogue = catalogue_baseline(
+                    cat_vecs, seeds, labels=labels, fingerprint=projection.fingerprint, tree=tree
+                )
+                results["catalogue"] = clustering_metrics(all_vec, catalogue, truth)
+            results["seed_method"] = clustering_metrics(all_vec, seed_tree, truth)
+            out.update(results)
+            for key, base in (("ratio", "centralized"), ("seed_method_ratio", "seed_method")):
+                out[key] = {
+                    k: (results["federated"][k] / results[base][k])
+                    if results[base].get(k)
+                    else None
+                    for k in METRIC_KEYS
+                    if k in results["federated"]
+                }
+        if genres is not None:
+            # flat multi-label genres (MovieLens): the same trees, the same events, fractional NMI
+            out["genres"] = genre_summary(
+                {
+                    "federated": genre_metrics(all_fed, h, genres),
+                    "centralized": genre_metrics(all_vec, central, genres),
+                    "seed_method": genre_metrics(all_vec, seed_tree, genres),
+                },
+                genres,
+            )
     out.update(
         profile_metrics(bundle, train, test, encoder, cache, h, central, adapter, out_dir, run.seed)
     )

@@ -13,6 +13,7 @@ names the leaves.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from common.jsonio import atomic_write_text
 from common.projection import PublicProjection, normalize_rows
 from common.vocabulary import LabelSpace
 from server.naming import CatalogueTexts
+from server.private_seeding import auto_seeding
 
 __all__ = [
     "NAMES_FILE",
@@ -36,6 +38,7 @@ __all__ = [
     "catalogue_seeds",
     "load_names",
     "load_seeds",
+    "resolved_run",
     "seeding_record",
     "vocabulary_fit",
     "write_public_files",
@@ -106,9 +109,12 @@ def write_public_files(
     encoder: TextEncoder,
     cache: EmbeddingCache,
     projection: PublicProjection,
+    population: int,
 ) -> None:
     """Writes the run's public files: ``out/labels.npz``, with a catalogue ``out/catalogue.npz``
-    (what names the nodes) and, with catalogue seeding, ``out/seeds.npy``."""
+    (what names the nodes) and, with catalogue seeding, ``out/seeds.npy``; ``seeding.json``
+    says what seeds the run (``population``: the run's devices, for ``auto`` without a
+    catalogue: :func:`server.private_seeding.auto_seeding`)."""
     labels.save(out / "labels.npz")
     vocabulary = labels.vocabulary
     c = run.clustering
@@ -124,16 +130,17 @@ def write_public_files(
             texts=np.asarray([items[i] for i in ids], dtype=str),
             vectors=x[[row[items[i]] for i in ids]].astype(np.float32),
         )
-    if c.seeding == "private":
-        record = {
-            "requested": c.seeding,
-            "seeding": "private",
-            "codebook_size": c.codebook_size,
-            "seed_leaves": c.seed_leaves or len(vocabulary.leaves) or len(vocabulary.labels),
-        }
+    if c.seeding == "private" or (c.seeding == "auto" and len(catalogue) < 2):
+        resolved = auto_seeding(c.seeding, has_catalogue=False, population=population)
+        record: dict[str, object] = {"requested": c.seeding, "seeding": resolved}
+        if resolved == "private":
+            record["codebook_size"] = c.codebook_size
+            record["seed_leaves"] = (
+                c.seed_leaves or len(vocabulary.leaves) or len(vocabulary.labels)
+            )
         atomic_write_text(out / SEEDING_FILE, json.dumps(record, indent=2) + "\n")
         return
-    if c.seeding == "vocabulary" or (c.seeding == "auto" and len(catalogue) < 2):
+    if c.seeding == "vocabulary":
         return
     k = c.seed_leaves or len(vocabulary.leaves) or len(vocabulary.labels)
     if x is None:
@@ -184,6 +191,14 @@ def seeding_record(out: Path) -> dict[str, object]:
         record: dict[str, object] = json.loads(path.read_text(encoding="utf-8"))
         return record
     return {"seeding": "catalogue" if (out / SEEDS_FILE).is_file() else "vocabulary"}
+
+
+def resolved_run(run: RunConfig, out: Path) -> RunConfig:
+    """``run`` with ``auto`` replaced by the private seeding ``seeding.json`` chose (the
+    server draws the codebook itself; the other choices reach it as seeds or none)."""
+    if run.clustering.seeding == "auto" and seeding_record(out)["seeding"] == "private":
+        return replace(run, clustering=replace(run.clustering, seeding="private"))
+    return run
 
 
 def load_seeds(out: Path) -> npt.NDArray[np.float32] | None:

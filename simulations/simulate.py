@@ -56,7 +56,7 @@ from simulations.run_dir import (
     write_config,
 )
 from simulations.run_metrics import RunData, round_printer, run_metrics
-from simulations.seeding import load_names, load_seeds, write_public_files
+from simulations.seeding import load_names, load_seeds, resolved_run, write_public_files
 
 __all__ = [
     "DatasetBundle",
@@ -399,7 +399,7 @@ def _simulate_into(
         rewrite_outputs_from_db(out)
     else:
         write_public_files(out, run, bundle.items, labels, encoder=encoder, cache=cache,
-                    projection=projection)  # fmt: skip
+                    projection=projection, population=len(train))  # fmt: skip
         stores = _prepare_stores(out, train, encoder, cache)
 
     summaries: list[RoundSummary] = []
@@ -484,7 +484,7 @@ def _simulate_batched_into(
         rewrite_outputs_from_db(out)
     else:
         write_public_files(out, run, bundle.items, labels, encoder=encoder, cache=cache,
-                    projection=projection)  # fmt: skip
+                    projection=projection, population=n_users)  # fmt: skip
         p = run.privacy
         budgets = np.full(n_users, np.nan if p.no_dp else p.device_budget_epsilon)
         for idx, eps in opts.device_budgets.items():
@@ -661,7 +661,7 @@ def _run_flower(
     )
     catalogue = sorted(items) if items else None
     server = build_server_app(
-        run,
+        resolved_run(run, out),
         labels,
         out,
         expected_nodes=len(stores),

@@ -2,7 +2,8 @@
 
 - generic JSON Lines / CSV of :class:`Event` fields (:func:`load_events`);
 - MovieLens (``ratings.csv``, ``movies.csv``, ``tags.csv``): one ``rate`` event per rating,
-  text = title + genres + that user's tags for that movie (:func:`load_movielens`);
+  text = title + genres + that user's tags for that movie (:func:`load_movielens`); its
+  genres, for evaluation only, by movie id (:func:`movielens_genres`);
 - MIND (``news.tsv``, ``behaviors.tsv``): history clicks, impression clicks and impression
   views, text = title + abstract, category = ``category > subcategory`` (:func:`load_mind`).
 
@@ -38,6 +39,7 @@ __all__ = [
     "load_mind",
     "load_movielens",
     "mind_items",
+    "movielens_genres",
     "movielens_items",
     "partition_by_user",
     "validate_records",
@@ -124,24 +126,43 @@ def _format_of(p: Path) -> str:
     )
 
 
-def _movie_texts(d: Path) -> dict[str, str]:
-    movies: dict[str, str] = {}
+_NO_GENRES = "(no genres listed)"
+
+
+def _movies(d: Path) -> Iterator[tuple[str, str, tuple[str, ...]]]:
+    """``(movie id, title, genres)`` of each row of ``movies.csv``; genres in file order,
+    without MovieLens' ``(no genres listed)`` placeholder or repeats."""
     with open(d / "movies.csv", encoding="utf-8", newline="") as f:
         for row in csv.DictReader(f):
-            genres = [g for g in row["genres"].split("|") if g and g != "(no genres listed)"]
-            text = row["title"].strip()
-            if genres:
-                text += ". Genres: " + ", ".join(genres)
-            movies[row["movieId"]] = text
+            parts = (g.strip() for g in (row["genres"] or "").split("|"))
+            genres = tuple(dict.fromkeys(g for g in parts if g and g != _NO_GENRES))
+            yield row["movieId"], row["title"].strip(), genres
+
+
+def _movie_texts(d: Path) -> dict[str, str]:
+    movies: dict[str, str] = {}
+    for movie_id, title, genres in _movies(d):
+        movies[movie_id] = title + (". Genres: " + ", ".join(genres) if genres else "")
     return movies
+
+
+def _movies_dir(directory: str | Path | None) -> Path:
+    d = Path(directory) if directory is not None else default_movielens_dir()
+    if not (d / "movies.csv").is_file():
+        raise ConfigError(f"MovieLens directory {str(d)!r} has no movies.csv.")
+    return d
 
 
 def movielens_items(directory: str | Path | None = None) -> dict[str, str]:
     """The public catalogue of MovieLens: movie id -> title and genres (no user tags)."""
-    d = Path(directory) if directory is not None else default_movielens_dir()
-    if not (d / "movies.csv").is_file():
-        raise ConfigError(f"MovieLens directory {str(d)!r} has no movies.csv.")
-    return _movie_texts(d)
+    return _movie_texts(_movies_dir(directory))
+
+
+def movielens_genres(directory: str | Path | None = None) -> dict[str, tuple[str, ...]]:
+    """MovieLens genres, for evaluation only: movie id -> its genres from ``movies.csv``
+    (flat and multi-label; an empty tuple for a movie listed with no genres). Events match
+    it through their ``item_id``, the ``movieId`` :func:`load_movielens` gives them."""
+    return {movie_id: genres for movie_id, _, genres in _movies(_movies_dir(directory))}
 
 
 def mind_items(directory: str | Path) -> dict[str, str]:

@@ -21,7 +21,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 from client.node import NodeSpec, generate_node_key, supernode_command
-from common.config import RunConfig
+from common.config import ClusteringConfig, RunConfig
 from common.deployment import OFFLINE_ENV, flower_env, node_config_string
 from common.errors import ConfigError
 from server.deploy import (
@@ -228,6 +228,20 @@ def test_run_overrides_and_command(tmp_path: Path) -> None:
     assert cmd[1:4] == ["run", str(APP_DIR), "c"] and cmd[-1] == "--stream"
     with pytest.raises(ConfigError):
         run_overrides(run_dir=tmp_path, labels_file=tmp_path / "missing.npz")
+
+
+def test_deployed_auto_seeding_is_private_from_a_population() -> None:
+    """A deployed server has no catalogue: ``auto`` seeds privately from 1,000 expected
+    devices, from the vocabulary below that or when the population is not known; an
+    explicit choice is kept."""
+    from server.app import deployed_seeding
+
+    run = RunConfig()
+    assert deployed_seeding(run, 1000).clustering.seeding == "private"
+    assert deployed_seeding(run, 999).clustering.seeding == "auto"
+    assert deployed_seeding(run, None).clustering.seeding == "auto"
+    voc = RunConfig(clustering=ClusteringConfig(seeding="vocabulary"))
+    assert deployed_seeding(voc, 10_000).clustering.seeding == "vocabulary"
 
 
 def test_parse_run_id() -> None:
