@@ -18,7 +18,9 @@
   leaf ids) plus centroid cosine; a group scoring below ``match_threshold`` gets a new id.
 - **Names** (:mod:`server.naming`): a node is named by the vocabulary labels close to it (the
   measured threshold), else by words of the public catalogue texts nearest it (class-based
-  TF-IDF), else left unnamed; never by an unrelated label.
+  TF-IDF), else left unnamed; never by an unrelated label. Two nodes of a level never show
+  the same name: a repeated one is qualified by the node's own words or its children's close
+  labels (``"Movies & TV: Thrillers, Crime Dramas"``, ``"Thrillers · halloween · police"``).
 - **Changes**: per node new / grown / shrunk / stable; per version the merged and gone ids.
 """
 

@@ -28,6 +28,10 @@ Label format (:data:`NodeLabels`, what ``common.hierarchy.Node.labels`` holds), 
   their c-TF-IDF weights;
 - ``()``: unnamed.
 
+Nodes of one level never show the same name (``Node.label``, the best label's last segment):
+a repeated name is qualified by the node's own words or its children's close labels
+(``"Movies & TV: Thrillers, Crime Dramas"``, :mod:`server.naming_distinct`).
+
 The representative items (highest ``cosine x weight`` among a node's items) and the words
 with their weights are returned beside the labels (:class:`NodeNames`).
 
@@ -92,6 +96,7 @@ import scipy.sparse as sp
 from common.errors import ConfigError
 from common.projection import normalize_rows
 from common.vocabulary import Label, LabelSpace
+from server.naming_distinct import distinct_labels
 
 __all__ = [
     "FALLBACK_THRESHOLD",
@@ -467,6 +472,8 @@ def class_tfidf(counts: npt.ArrayLike) -> npt.NDArray[np.float64]:
     return np.asarray(_ctfidf(sp.csr_matrix(x)).toarray(), dtype=np.float64)
 
 
+#: Words ranked per node past ``num_words``: they only qualify names nodes would share.
+_MORE_WORDS: Final[int] = 4
 #: A term found in more than this share of the classes (with >= 4 classes) is not used to name
 #: any of them: on KuaiRec the platform's boilerplate (快手, 热门, 感谢) otherwise names
 #: most broad interests.
@@ -667,13 +674,6 @@ def _representatives(
     return [tuple(r) for r in out]
 
 
-def _with_words(labels: NodeLabels, words: NodeLabels) -> NodeLabels:
-    if not words:
-        return labels
-    name = WORD_SEPARATOR.join(w for w, _ in words)
-    return (*labels, (name, round(sum(s for _, s in words), 6)))
-
-
 def name_nodes(
     leaf_centroids: npt.ArrayLike,
     leaf_masses: npt.ArrayLike,
@@ -771,25 +771,27 @@ def name_nodes(
         group_of = group_of_leaf[leaf_of]
         seg = _resolve(cfg.cjk_segmenter)
         x, vocab = _vocab_matrix(items.texts, cfg.extra_stopwords, seg)
-        merge = seg is CjkSegmenter.BIGRAM
-        leaf_words = _class_words(x, vocab, leaf_of, weights, n, items.texts, cfg.num_words, merge)
+        merge, more = seg is CjkSegmenter.BIGRAM, cfg.num_words + _MORE_WORDS
+        leaf_words = _class_words(x, vocab, leaf_of, weights, n, items.texts, more, merge)
         leaf_items = _representatives(leaf_of, cos * weights, n, items, cfg.num_representatives)
         if len(groups):
             group_words = _class_words(
-                x, vocab, group_of, weights, len(groups), items.texts, cfg.num_words, merge
+                x, vocab, group_of, weights, len(groups), items.texts, more, merge
             )
             gcos = np.einsum("ij,ij->i", items.vectors, group_c[np.maximum(group_of, 0)])
             group_items = _representatives(
                 group_of, gcos * weights, len(groups), items, cfg.num_representatives
             )
 
+    leaf_labels, group_labels = distinct_labels(
+        leaf_close, leaf_words, group_close, group_words, groups, m, cfg.num_words, WORD_SEPARATOR
+    )
+    k = cfg.num_words  # the words past k only serve to tell apart nodes sharing a name
     return NodeNames(
-        leaf_labels=tuple(_with_words(a, b) for a, b in zip(leaf_close, leaf_words, strict=True)),
-        group_labels=tuple(
-            _with_words(a, b) for a, b in zip(group_close, group_words, strict=True)
-        ),
+        leaf_labels=leaf_labels,
+        group_labels=group_labels,
         leaf_items=tuple(leaf_items),
         group_items=tuple(group_items),
-        leaf_words=tuple(leaf_words),
-        group_words=tuple(group_words),
+        leaf_words=tuple(w[:k] for w in leaf_words),
+        group_words=tuple(w[:k] for w in group_words),
     )

@@ -12,8 +12,10 @@ import pytest
 
 import server.naming as naming
 from common.errors import ConfigError
+from common.hierarchy import Hierarchy
 from common.projection import normalize_rows
 from common.vocabulary import LabelSpace, Vocabulary
+from server.hierarchy_builder import CutCriterion, TreeConfig, build_hierarchy
 from server.naming import (
     WORD_SEPARATOR,
     CatalogueTexts,
@@ -314,3 +316,150 @@ def test_kuairec_leaf_names_are_chinese_words_from_the_captions(segmenter: CjkSe
             assert word in blob, (cats[j], word)
         assert re.search(r"[\u4e00-\u9fff]", labels[0][0]), labels
     assert named == len(cats)
+
+
+def _films() -> tuple[LabelSpace, list[str], np.ndarray, np.ndarray, CatalogueTexts]:
+    """A films-heavy toy like MovieLens: two "Thrillers" leaves told apart only by their items,
+    three leaf groups all under the root "Movies", one leaf under "Books"."""
+    d = 10
+    e = np.eye(d, dtype=np.float32)
+    vocab = Vocabulary.from_paths(
+        [
+            ("Movies", "Thrillers"),
+            ("Movies", "Horror Films"),
+            ("Movies", "Comedy Films"),
+            ("Movies", "Romantic Comedies"),
+            ("Books", "Poetry"),
+        ]
+    )
+    where = {
+        "Movies": e[0],
+        "Movies > Thrillers": e[0] + e[1],
+        "Movies > Horror Films": e[0] + e[1] + 1.2 * e[2],
+        "Movies > Comedy Films": e[0] + e[3],
+        "Movies > Romantic Comedies": e[0] + e[3] + 1.2 * e[4],
+        "Books": e[8],
+        "Books > Poetry": e[8] + e[9],
+    }
+    space = LabelSpace(vocab, normalize_rows(np.stack([where[lab.full] for lab in vocab.labels])))
+    leaves = normalize_rows(
+        np.stack(
+            [
+                e[0] + e[1] + 0.35 * e[5],  # thrillers about halloween and the police
+                e[0] + e[1] + 0.35 * e[6],  # thrillers about doctors and escapes
+                e[0] + e[1] + 1.2 * e[2],  # horror
+                e[0] + e[3],  # comedy
+                e[0] + e[3] + 1.2 * e[4],  # romantic comedy
+                e[8] + e[9],  # poetry
+            ]
+        )
+    )
+    ids = [f"leaf-{i:04d}" for i in range(len(leaves))]
+    texts = {
+        0: ["Halloween night police chase", "Police detective on Halloween", "Halloween killer"],
+        1: ["Doctor escape from the hospital", "The escape clause doctor", "Doctor on the run"],
+        2: ["Ghost house haunting", "Haunted ghost story", "Zombie ghost night"],
+        3: ["Slapstick office party", "Office pranks party", "Slapstick road trip"],
+        4: ["Wedding bride love", "Love at the wedding", "Bride and groom love story"],
+        5: ["Sonnets of the sea", "Collected sonnets verse", "Verse for winter"],
+    }
+    rng = np.random.default_rng(0)
+    rows = [(t, j) for j, ts in texts.items() for t in ts]
+    v = normalize_rows(
+        np.stack([leaves[j] for _, j in rows]) + 0.02 * rng.normal(size=(len(rows), d))
+    ).astype(np.float32)
+    items = CatalogueTexts(tuple(f"m{i}" for i in range(len(rows))), tuple(t for t, _ in rows), v)
+    masses = np.asarray([5.0, 1.0, 2.0, 4.0, 3.0, 1.0])
+    return space, ids, leaves, masses, items
+
+
+def _film_tree(items: CatalogueTexts | None) -> Hierarchy:
+    space, ids, leaves, masses, _ = _films()
+    # four broad interests, two of them close to the root "Movies" (the other film group is
+    # too far from it and is named by words)
+    cfg = TreeConfig(criterion=CutCriterion.FIXED, level1_k=4, label_weight=0.0)
+    return build_hierarchy(
+        ids,
+        leaves,
+        masses,
+        version=1,
+        server_round=1,
+        projection_fingerprint="f",
+        labels=space,
+        config=cfg,
+        items=items,
+    )
+
+
+def test_built_tree_names_are_distinct_and_informative() -> None:
+    """Through the real tree builder: leaves sharing "Thrillers" get their own items' words,
+    broad interests sharing the root "Movies" get their children's names; unique names stay."""
+    items = _films()[4]
+    h = Hierarchy.from_json(_film_tree(items).to_json())  # what hierarchy.json stores
+    groups, leaves = h.level(1), h.level(2)
+    assert len({g.label for g in groups}) == len(groups)
+    assert len({n.label for n in leaves}) == len(leaves)
+    thr = {n.node_id: n for n in leaves if n.label.startswith("Thrillers")}
+    assert set(thr) == {"leaf-0000", "leaf-0001"}
+    words0 = set(thr["leaf-0000"].label.split(WORD_SEPARATOR)[1:])
+    words1 = set(thr["leaf-0001"].label.split(WORD_SEPARATOR)[1:])
+    assert len(words0) >= 2 and words0 <= {"halloween", "police", "detective", "killer", "chase"}
+    assert len(words1) >= 2 and words1 <= {"doctor", "escape", "hospital", "clause", "run"}
+    for n in thr.values():  # the vocabulary path stays the prefix, the score is unchanged
+        assert n.labels[0][0].startswith("Movies > Thrillers" + WORD_SEPARATOR)
+        assert n.labels[0][1] > 0.9
+    assert h.nodes["leaf-0003"].labels[0][0] == "Movies > Comedy Films"  # unique: untouched
+    movies = [g for g in groups if g.labels and g.labels[0][0].startswith("Movies")]
+    assert len(movies) >= 2
+    for g in movies:
+        head, _, rest = g.label.partition(": ")
+        assert head == "Movies" and rest, g.label
+        kids = {
+            h.nodes[c].labels[0][0].split(" > ")[-1].split(WORD_SEPARATOR)[0] for c in g.children
+        }
+        first = rest.split(", ")[0]
+        assert first in kids, (g.label, kids)  # the heaviest child's own close label
+    books = [g for g in groups if g.label.startswith("Books")]
+    assert [g.label for g in books] == ["Books"]
+    thriller_group = h.nodes[h.nodes["leaf-0000"].parent]
+    assert thriller_group.label == "Movies: Thrillers, Horror Films"
+    assert h.path_labels("leaf-0000") == f"{thriller_group.label} > {thr['leaf-0000'].label}"
+
+
+def test_without_a_catalogue_groups_use_children_and_twin_leaves_a_number() -> None:
+    """No items: broad interests sharing "Movies" are told apart by their children's close
+    labels; two "Thrillers" leaves whose other close labels are the same too are numbered,
+    the heavier keeping the plain name."""
+    h = _film_tree(None)
+    assert len({n.label for n in h.level(2)}) == len(h.level(2))
+    assert sorted(g.label for g in h.level(1) if g.labels) == [
+        "Books",
+        "Movies: Comedy Films",
+        "Movies: Thrillers, Horror Films",
+    ]
+    assert h.nodes["leaf-0000"].label == "Thrillers"
+    assert h.nodes["leaf-0001"].label == "Thrillers (2)"
+    assert h.nodes["leaf-0001"].labels[1:] == h.nodes["leaf-0000"].labels[1:]
+
+
+def test_identical_leaves_are_numbered_by_mass() -> None:
+    """Two leaves with the same close label and nothing else to tell them apart: the heavier
+    keeps the name, the lighter is numbered."""
+    c = normalize_rows(np.asarray([[1.0, 0.0, 0.1, 0.0], [1.0, 0.0, 0.0, 0.1]], dtype=np.float32))
+    out = name_nodes(c, [1.0, 3.0], [], None, None, _space(), NamingConfig(label_threshold=0.9))
+    assert out.leaf_labels[1][0][0] == "Food > Baking"
+    assert out.leaf_labels[0][0][0] == "Food > Baking (2)"
+    assert out.leaf_labels[0][0][1] == pytest.approx(float(c[0, 0]), abs=1e-6)
+
+
+def test_word_named_repeats_use_further_words() -> None:
+    """Two leaves whose top word coincides are told apart by their next words."""
+    c = normalize_rows(np.eye(3, dtype=np.float32))
+    texts = ("river river river river trout", "river river river river salmon", "mountain hike")
+    v = normalize_rows(np.asarray([[1, 0, 0.1], [0, 1, 0.1], [0, 0, 1]], dtype=np.float32))
+    items = CatalogueTexts(("a", "b", "c"), texts, v)
+    out = name_nodes(c, np.ones(3), [], items, None, None, NamingConfig(num_words=1))
+    assert out.leaf_words[0] == out.leaf_words[1] and len(out.leaf_words[0]) == 1
+    assert out.leaf_words[0][0][0] == "river"
+    names = [lab[0][0] for lab in out.leaf_labels]
+    assert names == [f"river{WORD_SEPARATOR}trout", f"river{WORD_SEPARATOR}salmon", "hike"]
