@@ -135,8 +135,6 @@ class PrivacyConfig:
 
 #: What can seed the first round's leaves (:attr:`ClusteringConfig.seeding`).
 SEEDINGS = ("auto", "vocabulary", "catalogue", "private")
-#: The largest codebook of a private seeding round (its release has ``size + 1`` rows).
-MAX_CODEBOOK = 4096
 
 
 @dataclass(frozen=True)
@@ -206,10 +204,12 @@ class ClusteringConfig:
         if not (
             isinstance(self.codebook_size, int)
             and not isinstance(self.codebook_size, bool)
-            and 2 <= self.codebook_size <= MAX_CODEBOOK
+            and 2 <= self.codebook_size <= self.max_leaves
         ):
+            # at most max_leaves: the integer noise's accounting bounds a tree release's
+            # dimension by (max_leaves + 1) x dim (server.round.device_epsilon)
             raise ConfigError(
-                f"`codebook_size` must be an int in [2, {MAX_CODEBOOK}]. "
+                f"`codebook_size` must be an int in [2, max_leaves={self.max_leaves}]. "
                 f"Found {self.codebook_size!r}."
             )
         if self.seed_leaves is not None and not (

@@ -162,6 +162,10 @@ def release_request(
         sampled=len(nodes),
         release_dim=(leaves.num_leaves + 1) * leaves.dim,
     )
+    if config.private_k is not None and state.hierarchy is None:
+        # the codebook round: every event goes to its nearest cell (random cells are far
+        # from most texts; the unassigned row would swallow them)
+        cfg = replace(cfg, residual_threshold=-1.0)
     return ReleaseRequest(
         nodes=tuple(nodes),
         config=cfg,

@@ -102,9 +102,13 @@ def test_round_step_reduces_the_codebook_round_once() -> None:
     assert config.private_k == 6
     state = initial_server_state(config)
     np.testing.assert_allclose(state.leaves.centroids, public_codebook(DIM, 48, SEED), atol=1e-6)
-    assert release_request(state, config, 1, list(range(101, 113))).shape == (49, DIM)
+    first = release_request(state, config, 1, list(range(101, 113)))
+    assert first.shape == (49, DIM)
+    assert first.config.residual_threshold == -1.0  # every event to its nearest cell
     one, _ = run_rounds(config, 1)
     assert one.leaves.num_leaves <= 6 and one.hierarchy is not None
+    second = release_request(one, config, 2, list(range(101, 113)))
+    assert second.config.residual_threshold == clustering.residual_threshold
     two, _ = run_rounds(config, 1, one)
     assert two.leaves.num_leaves >= one.leaves.num_leaves - 1
     assert two.hierarchy is not None and two.hierarchy.version == 2

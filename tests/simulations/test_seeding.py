@@ -90,7 +90,7 @@ def test_catalogue_seeding_settings_are_checked() -> None:
     with pytest.raises(ConfigError, match="`seeding` must be one of auto, vocabulary, catalogue"):
         ClusteringConfig(seeding="lsh")
     with pytest.raises(ConfigError, match="`codebook_size` must be an int in"):
-        ClusteringConfig(seeding="private", codebook_size=5000)
+        ClusteringConfig(seeding="private", codebook_size=300)
     with pytest.raises(ConfigError, match="`seed_leaves` must be an int in"):
         ClusteringConfig(seeding="catalogue", seed_leaves=1)
     assert replace(ClusteringConfig(), seeding="catalogue").seed_leaves is None
