@@ -31,7 +31,7 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -49,6 +49,7 @@ __all__ = [
     "build_hierarchy",
     "choose_cut",
     "cut_tree",
+    "rename_hierarchy",
     "weighted_ward",
 ]
 
@@ -319,6 +320,35 @@ def _match_groups(
         if score[a, b] >= threshold:
             out[a] = prev_groups[b].node_id
     return out
+
+
+def rename_hierarchy(
+    h: Hierarchy,
+    items: CatalogueTexts,
+    popularity: Mapping[str, float],
+    labels: LabelSpace | None = None,
+    config: TreeConfig | None = None,
+) -> Hierarchy:
+    """``h`` with its nodes renamed from the catalogue texts weighted by ``popularity`` (DP
+    item counts released after the tree was built; :func:`server.naming.name_nodes`): the
+    same nodes, ids, centroids and weights, new labels. Post-processing of public outputs.
+    """
+    cfg = config if config is not None else TreeConfig()
+    groups = h.level(1)
+    leaf_ids = [lid for g in groups for lid in g.children]
+    row = {lid: i for i, lid in enumerate(leaf_ids)}
+    members = [[row[lid] for lid in g.children] for g in groups]
+    c = np.stack([h.nodes[lid].centroid for lid in leaf_ids])
+    m = np.asarray([h.nodes[lid].weight for lid in leaf_ids], dtype=np.float64)
+    names = name_nodes(
+        c, m, members, items, popularity, labels, NamingConfig(num_labels=cfg.num_labels)
+    )
+    nodes = dict(h.nodes)
+    for lid, lab in zip(leaf_ids, names.leaf_labels, strict=True):
+        nodes[lid] = replace(nodes[lid], labels=lab)
+    for g, lab in zip(groups, names.group_labels, strict=True):
+        nodes[g.node_id] = replace(nodes[g.node_id], labels=lab)
+    return replace(h, nodes=nodes)
 
 
 def build_hierarchy(

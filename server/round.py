@@ -52,7 +52,7 @@ from common.records import ReleaseMode, ReleaseTask, encode_ids
 from common.round_config import RoundConfig
 from common.vocabulary import LabelSpace
 from server.aggregation import LeafState, aggregate_round, leaf_statistics, listed_leaves
-from server.hierarchy_builder import build_hierarchy
+from server.hierarchy_builder import build_hierarchy, rename_hierarchy
 from server.private_seeding import reduce_codebook
 from server.round_state import (
     AdapterState,
@@ -546,6 +546,19 @@ def aux_step(
     server_round = outcome.summary.server_round
     before = state.ledger[: len(state.ledger) - len(outcome.ledger_entries)]
     new_state = replace(state, aux_releases=(*state.aux_releases, (server_round, task)))
+    popularity = extra.get("popularity")
+    if popularity is not None and config.names is not None and outcome.hierarchy is not None:
+        # the round's tree is renamed from the catalogue weighted by the DP popularity
+        # (post-processing; persisted with the round, before any device sees the version)
+        h = rename_hierarchy(
+            outcome.hierarchy,
+            config.names,
+            dict(zip(popularity.items, popularity.counts.tolist(), strict=True)),
+            labels_for(config, outcome.tree_adapter or state.adapter.weights),
+            config.tree,
+        )
+        extra = {**extra, "hierarchy": h}
+        new_state = replace(new_state, hierarchy=h)
     new_outcome = replace(
         outcome,
         aux_entries=(*outcome.aux_entries, result.request.config.user_ledger_entry()),

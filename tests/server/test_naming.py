@@ -463,3 +463,44 @@ def test_word_named_repeats_use_further_words() -> None:
     assert out.leaf_words[0][0][0] == "river"
     names = [lab[0][0] for lab in out.leaf_labels]
     assert names == [f"river{WORD_SEPARATOR}trout", f"river{WORD_SEPARATOR}salmon", "hike"]
+
+
+def test_renaming_with_popularity_equals_building_with_it() -> None:
+    """The round renames its tree once the DP popularity is out (:func:`rename_hierarchy`):
+    the same nodes, ids, weights and centroids, and the labels a build with that popularity
+    gives; a popular item's words lead a leaf's data words."""
+    from server.hierarchy_builder import rename_hierarchy
+
+    space, ids, leaves, masses, items = _films()
+    cfg = TreeConfig(criterion=CutCriterion.FIXED, level1_k=4, label_weight=0.0)
+    plain = _film_tree(items)
+    # every item of the sonnets leaf but one is unpopular: its words lead
+    popularity = {i: 1.0 for i in items.ids}
+    popularity.update(
+        {i: 0.0 for i, t in zip(items.ids, items.texts, strict=True) if "onnets" in t}
+    )
+    popularity[items.ids[items.texts.index("Verse for winter")]] = 500.0
+    renamed = rename_hierarchy(plain, items, popularity, space, cfg)
+    built = build_hierarchy(
+        ids,
+        leaves,
+        masses,
+        version=1,
+        server_round=1,
+        projection_fingerprint="f",
+        labels=space,
+        config=cfg,
+        items=items,
+        popularity=popularity,
+    )
+    assert set(renamed.nodes) == set(plain.nodes) == set(built.nodes)
+    for nid, node in renamed.nodes.items():
+        assert node.weight == plain.nodes[nid].weight
+        assert node.children == plain.nodes[nid].children
+        np.testing.assert_array_equal(node.centroid, plain.nodes[nid].centroid)
+        assert node.labels == built.nodes[nid].labels, nid
+    assert renamed.version == plain.version
+    # the poetry leaf: its close label stays first, its words follow the popular item
+    assert plain.nodes["leaf-0005"].labels[1][0].startswith("sonnets")
+    assert renamed.nodes["leaf-0005"].labels[0][0] == "Books > Poetry"
+    assert "winter" in renamed.nodes["leaf-0005"].labels[1][0]

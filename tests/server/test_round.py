@@ -261,6 +261,43 @@ def test_histogram_and_popularity_over_the_new_version() -> None:
     assert set(outcome.summary.analytics) == {"histogram", "popularity"}
 
 
+def test_popularity_renames_the_rounds_tree() -> None:
+    """With a named catalogue, the popularity release renames the round's tree from the
+    texts weighted by the DP counts (the same nodes; the labels a rename gives); the state
+    carries that tree."""
+    from server.hierarchy_builder import rename_hierarchy
+    from server.naming import CatalogueTexts
+    from server.round import labels_for
+
+    catalogue = [f"item-{i}" for i in range(7)]
+    base = server_config(rounds=1, analytics=AnalyticsConfig(popularity=True), catalogue=catalogue)
+    state = initial_server_state(base)
+    texts = tuple(f"{w} story number {i}" for i, w in enumerate("abcdefg"))
+    vecs = normalize_rows(state.leaves.centroids[:7] + 0.05)
+    names = CatalogueTexts(tuple(catalogue), texts, vecs)
+    config = replace(base, names=names)
+    req = release_request(state, config, 1, NODES)
+    state, outcome = round_step(
+        state, CohortResult(req, cohort_sum(req, np.random.default_rng(5), 12)), config
+    )
+    (pop,) = aux_requests(state, outcome, config)
+    counts = np.arange(7, dtype=np.float64) * 10
+    new, out = aux_step(state, outcome, AuxResult(pop, ReleaseSum(counts, 12)), config)
+    assert out.popularity is not None and out.hierarchy is not None
+    expected = rename_hierarchy(
+        outcome.hierarchy,
+        names,
+        dict(zip(catalogue, out.popularity.counts.tolist(), strict=True)),
+        labels_for(config, outcome.tree_adapter),
+        config.tree,
+    )
+    assert new.hierarchy is out.hierarchy and out.hierarchy.version == outcome.hierarchy.version
+    assert {n: v.labels for n, v in out.hierarchy.nodes.items()} == {
+        n: v.labels for n, v in expected.nodes.items()
+    }
+    assert set(out.hierarchy.nodes) == set(outcome.hierarchy.nodes)
+
+
 def test_aux_release_that_failed_changes_nothing_but_the_record() -> None:
     """A histogram that did not sum records what happened and spends nothing."""
     config = server_config(analytics=AnalyticsConfig(histogram=True, popularity=False))
