@@ -373,7 +373,9 @@ def _films() -> tuple[LabelSpace, list[str], np.ndarray, np.ndarray, CatalogueTe
     return space, ids, leaves, masses, items
 
 
-def _film_tree(items: CatalogueTexts | None) -> Hierarchy:
+def _film_tree(
+    items: CatalogueTexts | None, popularity: dict[str, float] | None = None
+) -> Hierarchy:
     space, ids, leaves, masses, _ = _films()
     # four broad interests, two of them close to the root "Movies" (the other film group is
     # too far from it and is named by words)
@@ -388,6 +390,7 @@ def _film_tree(items: CatalogueTexts | None) -> Hierarchy:
         labels=space,
         config=cfg,
         items=items,
+        popularity=popularity,
     )
 
 
@@ -471,7 +474,7 @@ def test_renaming_with_popularity_equals_building_with_it() -> None:
     gives; a popular item's words lead a leaf's data words."""
     from server.hierarchy_builder import rename_hierarchy
 
-    space, ids, leaves, masses, items = _films()
+    space, *_, items = _films()
     cfg = TreeConfig(criterion=CutCriterion.FIXED, level1_k=4, label_weight=0.0)
     plain = _film_tree(items)
     # every item of the sonnets leaf but one is unpopular: its words lead
@@ -481,18 +484,7 @@ def test_renaming_with_popularity_equals_building_with_it() -> None:
     )
     popularity[items.ids[items.texts.index("Verse for winter")]] = 500.0
     renamed = rename_hierarchy(plain, items, popularity, space, cfg)
-    built = build_hierarchy(
-        ids,
-        leaves,
-        masses,
-        version=1,
-        server_round=1,
-        projection_fingerprint="f",
-        labels=space,
-        config=cfg,
-        items=items,
-        popularity=popularity,
-    )
+    built = _film_tree(items, popularity)
     assert set(renamed.nodes) == set(plain.nodes) == set(built.nodes)
     for nid, node in renamed.nodes.items():
         assert node.weight == plain.nodes[nid].weight

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,27 +20,28 @@ from simulations.simulate import SimulateOptions, simulate
 pytestmark = pytest.mark.slow
 
 
+def _small_run(
+    tmp_path: Path, cache: Path, clustering: ClusteringConfig
+) -> tuple[RunConfig, Path, dict[str, Any]]:
+    """Two rounds of 300 synthetic devices on the batched engine with ``clustering``."""
+    run = RunConfig(rounds=2, seed=4, privacy=PrivacyConfig(epsilon=4.0), clustering=clustering)
+    out = tmp_path / "run"
+    options = SimulateOptions(
+        dataset="synthetic",
+        clients=300,
+        out=out,
+        run=run,
+        events_per_user=25,
+        cache=cache,
+        engine=Engine.BATCHED,
+    )
+    return run, out, simulate(options)
+
+
 def test_catalogue_seeding_run(tmp_path: Path, cache: Path) -> None:
     """The run writes its seeds (k unit rows in the projected space), starts from them, states
     its seeding in metrics.json and compares against baselines started from the same seeds."""
-    run = RunConfig(
-        rounds=2,
-        seed=4,
-        privacy=PrivacyConfig(epsilon=4.0),
-        clustering=ClusteringConfig(seeding="catalogue", seed_leaves=24),
-    )
-    out = tmp_path / "run"
-    m = simulate(
-        SimulateOptions(
-            dataset="synthetic",
-            clients=300,
-            out=out,
-            run=run,
-            events_per_user=25,
-            cache=cache,
-            engine=Engine.BATCHED,
-        )
-    )
+    run, out, m = _small_run(tmp_path, cache, ClusteringConfig(seeding="catalogue", seed_leaves=24))
     seeds = np.load(out / SEEDS_FILE)
     assert seeds.shape == (24, 128)
     np.testing.assert_allclose(np.linalg.norm(seeds, axis=1), 1.0, atol=1e-5)
@@ -53,24 +55,8 @@ def test_private_seeding_run(tmp_path: Path, cache: Path) -> None:
     """``--seeding private``: round 1 releases over the public codebook (as many leaves as
     cells in its request), round 2 over at most ``seed_leaves`` leaves reduced from it; no
     seeds file, the seeding stated in metrics.json, the baselines computed."""
-    run = RunConfig(
-        rounds=2,
-        seed=4,
-        privacy=PrivacyConfig(epsilon=4.0),
-        clustering=ClusteringConfig(seeding="private", seed_leaves=24, codebook_size=64),
-    )
-    out = tmp_path / "run"
-    m = simulate(
-        SimulateOptions(
-            dataset="synthetic",
-            clients=300,
-            out=out,
-            run=run,
-            events_per_user=25,
-            cache=cache,
-            engine=Engine.BATCHED,
-        )
-    )
+    clustering = ClusteringConfig(seeding="private", seed_leaves=24, codebook_size=64)
+    _, out, m = _small_run(tmp_path, cache, clustering)
     assert not (out / SEEDS_FILE).exists()
     assert m["seeding"] == "private" and m["rounds_completed"] == 2
     assert m["seeding_detail"]["codebook_size"] == 64
