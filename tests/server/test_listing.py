@@ -69,10 +69,10 @@ def _null_runs(fed_leaves: int, runs: int = 10) -> tuple[int, int, int, int]:
 
 @pytest.mark.parametrize("fed_leaves", [128, 16])
 def test_null_rounds_list_few_empty_leaves(fed_leaves: int) -> None:
-    """The default listing (Holm at family-wise rate 5% over chi-square p-values) lists far
+    """The default listing (Holm at family-wise rate 1% over chi-square p-values) lists far
     fewer than 5% of the leaves no device's data reaches, while listing every fed leaf.
-    Measured: half the leaves fed: 1 / 1,280 empty listed; 16 of 256 fed: 1 / 2,400; all
-    fed leaves listed (Benjamini-Hochberg at 5%, before: 34 / 1,280 and 7 / 2,400)."""
+    Measured: half the leaves fed: 0 / 1,280 empty listed; 16 of 256 fed: 0 / 2,400; all
+    fed leaves listed (Holm at 5%: 1 and 1; Benjamini-Hochberg at 5%: 34 and 7)."""
     empty_listed, empty, fed_listed, fed = _null_runs(fed_leaves)
     print(f"fed {fed_leaves}: empty listed {empty_listed}/{empty}, fed listed {fed_listed}/{fed}")
     assert empty >= 1000
