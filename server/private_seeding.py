@@ -43,6 +43,8 @@ PRIVATE_SEEDING_POPULATION = 1000
 
 #: k-means++ starts of the reduction (post-processing: as many as the server likes).
 _STARTS = 8
+#: How far a split child starts from its leaf (the aggregation's split uses the same).
+_SPLIT_STEP = 0.35
 
 
 def auto_seeding(requested: str, *, has_catalogue: bool, population: int | None) -> str:
@@ -66,7 +68,13 @@ def public_codebook(dim: int, size: int, seed: int) -> npt.NDArray[np.float32]:
 
 
 def reduce_codebook(
-    state: LeafState, k: int, *, null_rate: float, seed: int, min_cells: int = 4
+    state: LeafState,
+    k: int,
+    *,
+    null_rate: float,
+    seed: int,
+    min_cells: int = 4,
+    split: bool = True,
 ) -> LeafState:
     """The codebook round's state reduced to at most ``k`` leaves (post-processing).
 
@@ -79,6 +87,7 @@ def reduce_codebook(
             data to tell) are dropped.
         seed: public randomness of the k-means++ seeding.
         min_cells: with fewer significant cells, the most significant ``min_cells`` are kept.
+        split: with fewer significant cells than ``k``, split the heaviest leaves up to ``k``.
 
     Returns:
         A state whose leaves are the k-means centres of the significant cells' noisy means,
@@ -105,18 +114,38 @@ def reduce_codebook(
     groups = [g for g in groups if len(g)]
     heaviest = [int(g[np.argmax(mass[g])]) for g in groups]
     acc = np.stack([state.acc[g].sum(axis=0) for g in groups])
-    n = len(groups)
+    centroids = normalize_rows(acc.astype(np.float32))
+    ids = [state.ids[i] for i in heaviest]
+    var = [float(state.acc_var[g].sum()) for g in groups]
+    norm = [float(state.weight_norm[g].max()) for g in groups]
+    next_id = state.next_id
+    if split and len(groups) < k:
+        # fewer significant cells than leaves wanted: the heaviest leaves (mixtures of
+        # whatever shared their cells) get a child along a public random direction, as in
+        # bisecting k-means; the next rounds' Lloyd steps separate them or the merge rule
+        # joins them again (server.aggregation)
+        order = np.argsort(-np.linalg.norm(acc, axis=1))[: k - len(groups)]
+        u = normalize_rows(rng.normal(size=(len(order), state.dim)).astype(np.float32))
+        u = normalize_rows(u - (u * centroids[order]).sum(1, keepdims=True) * centroids[order])
+        children = normalize_rows(centroids[order] + _SPLIT_STEP * u)
+        centroids = np.concatenate([centroids, children]).astype(np.float32)
+        acc = np.concatenate([acc, np.zeros((len(order), state.dim))])
+        ids += [f"leaf-{next_id + i:04d}" for i in range(len(order))]
+        next_id += len(order)
+        var += [0.0] * len(order)
+        norm += [0.0] * len(order)
+    n = len(ids)
     return LeafState(
         server_round=state.server_round,
-        ids=tuple(state.ids[i] for i in heaviest),
-        centroids=normalize_rows(acc.astype(np.float32)),
+        ids=tuple(ids),
+        centroids=centroids,
         acc=acc,
-        acc_var=np.asarray([state.acc_var[g].sum() for g in groups], dtype=np.float64),
-        weight_norm=np.asarray([state.weight_norm[g].max() for g in groups], dtype=np.float64),
+        acc_var=np.asarray(var, dtype=np.float64),
+        weight_norm=np.asarray(norm, dtype=np.float64),
         seed=np.ones(n, dtype=bool),
         dormant_rounds=np.zeros(n, dtype=np.int64),
         residual_acc=state.residual_acc,
         residual_var=state.residual_var,
         residual_norm=state.residual_norm,
-        next_id=state.next_id,
+        next_id=next_id,
     )

@@ -71,7 +71,8 @@ def test_reduction_finds_the_clusters_and_keeps_the_sums() -> None:
 
 def test_reduction_on_pure_noise_keeps_few_cells() -> None:
     """No data: Holm lists (almost surely) no cell, so the reduction keeps the 4 most
-    significant ones (the minimum) rather than inventing structure from 256 noise cells."""
+    significant ones (the minimum) rather than inventing structure from 256 noise cells;
+    splitting towards ``k`` adds empty children, never sums."""
     rng = np.random.default_rng(2)
     d = 64
     codebook = public_codebook(d, 256, 3)
@@ -84,7 +85,14 @@ def test_reduction_on_pure_noise_keeps_few_cells() -> None:
         rng=rng,
     )
     leaves = reduce_codebook(state, 40, null_rate=0.05, seed=1)
-    assert leaves.num_leaves <= 4
+    carried = np.abs(leaves.acc).sum(axis=1) > 0
+    assert carried.sum() <= 4
+    # each kept cell is split once towards the 40 wanted; the children start empty
+    assert leaves.num_leaves == 2 * carried.sum()
+    assert not leaves.acc[~carried].any() and not leaves.acc_var[~carried].any()
+    assert len(set(leaves.ids)) == leaves.num_leaves and leaves.next_id > state.next_id
+    kept = reduce_codebook(state, 40, null_rate=0.05, seed=1, split=False)
+    assert kept.num_leaves == carried.sum()
 
 
 def test_round_step_reduces_the_codebook_round_once() -> None:
