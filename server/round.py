@@ -150,6 +150,11 @@ def dequantised(releases: ReleaseSum, cfg: RoundConfig) -> ReleaseSum:
     return replace(releases, total=releases.total * cfg.granularity)
 
 
+def _codebook_round(state: ServerState, config: ServerConfig) -> bool:
+    """Private seeding's first round: the state's leaves are still the public codebook."""
+    return config.private_k is not None and state.hierarchy is None
+
+
 def release_request(
     state: ServerState, config: ServerConfig, server_round: int, nodes: Sequence[int]
 ) -> ReleaseRequest:
@@ -162,7 +167,7 @@ def release_request(
         sampled=len(nodes),
         release_dim=(leaves.num_leaves + 1) * leaves.dim,
     )
-    if config.private_k is not None and state.hierarchy is None:
+    if _codebook_round(state, config):
         # the codebook round: every event goes to its nearest cell (random cells are far
         # from most texts; the unassigned row would swallow them)
         cfg = replace(cfg, residual_threshold=-1.0)
@@ -287,7 +292,7 @@ def round_step(
         config=config.aggregation,
         server_round=server_round,
     )
-    if config.private_k is not None and state.hierarchy is None:
+    if config.private_k is not None and _codebook_round(state, config):
         # private seeding: this was the codebook round; its significant cells become the
         # leaves (post-processing, server.private_seeding)
         leaves = reduce_codebook(
