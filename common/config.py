@@ -169,7 +169,7 @@ class ClusteringConfig:
             of it, else the catalogue: :mod:`simulations.seeding`; without one, the
             vocabulary). A run states the seeding it used (``metrics.json``).
         seed_leaves: the number of catalogue (or private) seeds (``None``: as many as the vocabulary has
-            leaf labels, 136 for the default vocabulary: measured on KuaiRec and the
+            leaf labels, 160 for the default vocabulary: measured on KuaiRec and the
             synthetic data against 256, docs/federated.md).
         codebook_size: ``private`` seeding: the public codebook's cells in round 1
             (:mod:`server.private_seeding`).
