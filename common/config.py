@@ -9,12 +9,15 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from common.errors import ConfigError, coerce_enum
 from common.privacy.ledger import Scope
 from common.projection import DEFAULT_OUTPUT_DIM, DEFAULT_SEED
 from common.records import NoiseKind, ReleaseMode
+
+if TYPE_CHECKING:
+    from common.vocabulary import Vocabulary
 
 #: The user bound of each unit when none is given: a user-level run clips each device's
 #: release to norm 1 (the noise is calibrated to it; the numpy study in the developers' brief
@@ -241,6 +244,11 @@ class ClusteringConfig:
             raise ConfigError(f"`tree_z` must be a finite number. Found {self.tree_z!r}.")
         if not (isinstance(self.tree_null_rate, int | float) and 0 < self.tree_null_rate < 1):
             raise ConfigError(f"`tree_null_rate` must be in (0, 1). Found {self.tree_null_rate!r}.")
+
+    def leaves_to_seed(self, vocabulary: Vocabulary) -> int:
+        """How many leaves catalogue or private seeding starts from: :attr:`seed_leaves`,
+        else as many as the vocabulary has leaf labels (all its labels if it has no leaf)."""
+        return self.seed_leaves or len(vocabulary.leaves) or len(vocabulary.labels)
 
 
 @dataclass(frozen=True)

@@ -150,9 +150,10 @@ def dequantised(releases: ReleaseSum, cfg: RoundConfig) -> ReleaseSum:
     return replace(releases, total=releases.total * cfg.granularity)
 
 
-def _codebook_round(state: ServerState, config: ServerConfig) -> bool:
-    """Private seeding's first round: the state's leaves are still the public codebook."""
-    return config.private_k is not None and state.hierarchy is None
+def _codebook_round(state: ServerState, config: ServerConfig) -> int | None:
+    """In private seeding's first round (the state's leaves are still the public codebook),
+    the number of leaves its cells are reduced to; else ``None``."""
+    return config.private_k if state.hierarchy is None else None
 
 
 def release_request(
@@ -167,7 +168,7 @@ def release_request(
         sampled=len(nodes),
         release_dim=(leaves.num_leaves + 1) * leaves.dim,
     )
-    if _codebook_round(state, config):
+    if _codebook_round(state, config) is not None:
         # the codebook round: every event goes to its nearest cell (random cells are far
         # from most texts; the unassigned row would swallow them)
         cfg = replace(cfg, residual_threshold=-1.0)
@@ -292,12 +293,12 @@ def round_step(
         config=config.aggregation,
         server_round=server_round,
     )
-    if config.private_k is not None and _codebook_round(state, config):
+    if (k := _codebook_round(state, config)) is not None:
         # private seeding: this was the codebook round; its significant cells become the
         # leaves (post-processing, server.private_seeding)
         leaves = reduce_codebook(
             leaves,
-            config.private_k,
+            k,
             null_rate=config.run.clustering.tree_null_rate,
             seed=config.projection.seed,
         )

@@ -167,8 +167,7 @@ class ServerConfig:
                 raise ConfigError(
                     "`seeding` 'private' draws its own codebook; catalogue `seeds` were given too."
                 )
-            vocab = labels.vocabulary
-            private_k = c.seed_leaves or len(vocab.leaves) or len(vocab.labels)
+            private_k = c.leaves_to_seed(labels.vocabulary)
             seeds = public_codebook(labels.dim, c.codebook_size, c.projection_seed)
         if seeds is not None:
             checked = np.asarray(seeds, dtype=np.float32)

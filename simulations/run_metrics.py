@@ -161,8 +161,7 @@ def run_metrics(data: RunData, h: Hierarchy, summaries: list[RoundSummary]) -> d
     seeds = load_seeds(out_dir)  # catalogue seeding: the baselines start where the run did
     if seeds is None and seeding["seeding"] == "private":
         # private seeding's centralized counterpart: k-means++ on the pooled events
-        wanted = seeding.get("seed_leaves")
-        k = wanted if isinstance(wanted, int) and wanted >= 2 else len(leaves)
+        k = run.clustering.leaves_to_seed(labels.vocabulary)
         rng = np.random.default_rng([run.seed, 7])
         seeds = weighted_kmeans(vectors, weights, min(k, len(vectors)), rng=rng).cluster_centers_
     if seeds is None:

@@ -135,14 +135,12 @@ def write_public_files(
         record: dict[str, object] = {"requested": c.seeding, "seeding": resolved}
         if resolved == "private":
             record["codebook_size"] = c.codebook_size
-            record["seed_leaves"] = (
-                c.seed_leaves or len(vocabulary.leaves) or len(vocabulary.labels)
-            )
+            record["seed_leaves"] = c.leaves_to_seed(vocabulary)
         atomic_write_text(out / SEEDING_FILE, json.dumps(record, indent=2) + "\n")
         return
     if c.seeding == "vocabulary":
         return
-    k = c.seed_leaves or len(vocabulary.leaves) or len(vocabulary.labels)
+    k = c.leaves_to_seed(vocabulary)
     if x is None:
         x = np.zeros((0, labels.dim), dtype=np.float32)
     seeds = catalogue_seeds(x, k, seed=run.seed, labels=labels if c.snap_labels else None)
